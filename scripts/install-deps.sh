@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Mixdown needs to build, run and test.
+# Idempotent: only calls apt-get when something is missing.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config cmake libssl-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
+  libvpx-dev libopus-dev
+)
+if [[ "${1:-}" == "--test" ]]; then
+  # Test-only: a real browser peer.
+  PKGS+=(chromium)
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

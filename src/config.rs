@@ -1,0 +1,332 @@
+//! The one configuration tree, read from TOML. Every key has a default (the named constants
+//! below), unknown keys are errors, and [`Config::validate`] names the offending key.
+//! `mixdown.example.toml` documents every key; a test parses it.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::Path;
+
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Outside Linux's default ephemeral range (32768–60999), so binds do not collide with
+/// outgoing sockets.
+pub const DEFAULT_PORT_MIN: u16 = 20000;
+pub const DEFAULT_PORT_MAX: u16 = 20999;
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+pub const DEFAULT_FRAMERATE: u32 = 30;
+pub const DEFAULT_VIDEO_BITRATE_KBPS: u32 = 1500;
+/// Video jitter buffer: enough for loopback and LAN reordering, far below GStreamer's 200 ms.
+pub const DEFAULT_VIDEO_JITTER_MS: u32 = 30;
+pub const DEFAULT_KEYFRAME_INTERVAL_S: u32 = 10;
+pub const DEFAULT_AUDIO_BITRATE_KBPS: u32 = 32;
+pub const DEFAULT_AUDIO_JITTER_MS: u32 = 20;
+pub const DEFAULT_MAX_PARTICIPANTS: usize = 25;
+pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub rtc: RtcConfig,
+    pub video: VideoConfig,
+    pub audio: AudioConfig,
+    pub room: RoomConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The address HTTP and media bind to. 127.0.0.1 keeps everything local.
+    pub host: IpAddr,
+    pub http_port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Advertised instead of the bound address in ICE candidates (1:1 NAT).
+    pub public_ip: Option<IpAddr>,
+    /// Seconds without ICE traffic before a vanished peer is removed.
+    pub ice_timeout_s: u32,
+    /// Given to clients in WHIP/WHEP `Link` headers and used by the server.
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoConfig {
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub bitrate_kbps: u32,
+    pub jitter_ms: u32,
+    pub keyframe_interval_s: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    pub bitrate_kbps: u32,
+    pub jitter_ms: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomConfig {
+    pub max_participants: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            rtc: RtcConfig::default(),
+            video: VideoConfig::default(),
+            audio: AudioConfig::default(),
+            room: RoomConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            // The literal is a valid address.
+            host: DEFAULT_HOST.parse().expect("valid default host"),
+            http_port: DEFAULT_HTTP_PORT,
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            port_min: DEFAULT_PORT_MIN,
+            port_max: DEFAULT_PORT_MAX,
+            public_ip: None,
+            ice_timeout_s: DEFAULT_ICE_TIMEOUT_S,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            framerate: DEFAULT_FRAMERATE,
+            bitrate_kbps: DEFAULT_VIDEO_BITRATE_KBPS,
+            jitter_ms: DEFAULT_VIDEO_JITTER_MS,
+            keyframe_interval_s: DEFAULT_KEYFRAME_INTERVAL_S,
+        }
+    }
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            bitrate_kbps: DEFAULT_AUDIO_BITRATE_KBPS,
+            jitter_ms: DEFAULT_AUDIO_JITTER_MS,
+        }
+    }
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            max_participants: DEFAULT_MAX_PARTICIPANTS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn check(ok: bool, key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        })
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.video;
+        check(
+            (64..=3840).contains(&v.width) && v.width % 2 == 0,
+            "video.width",
+            format!("{} must be even and within 64..=3840", v.width),
+        )?;
+        check(
+            (64..=2160).contains(&v.height) && v.height % 2 == 0,
+            "video.height",
+            format!("{} must be even and within 64..=2160", v.height),
+        )?;
+        check(
+            (1..=60).contains(&v.framerate),
+            "video.framerate",
+            format!("{} must be within 1..=60", v.framerate),
+        )?;
+        check(
+            (100..=20_000).contains(&v.bitrate_kbps),
+            "video.bitrate_kbps",
+            format!("{} must be within 100..=20000", v.bitrate_kbps),
+        )?;
+        check(
+            v.jitter_ms <= 1000,
+            "video.jitter_ms",
+            format!("{} must be at most 1000", v.jitter_ms),
+        )?;
+        check(
+            (1..=300).contains(&v.keyframe_interval_s),
+            "video.keyframe_interval_s",
+            format!("{} must be within 1..=300", v.keyframe_interval_s),
+        )?;
+        let a = &self.audio;
+        check(
+            (6..=510).contains(&a.bitrate_kbps),
+            "audio.bitrate_kbps",
+            format!("{} must be within 6..=510", a.bitrate_kbps),
+        )?;
+        check(
+            (20..=200).contains(&a.jitter_ms),
+            "audio.jitter_ms",
+            format!("{} must be within 20..=200", a.jitter_ms),
+        )?;
+        let r = &self.rtc;
+        check(
+            r.port_min > 0 && r.port_min <= r.port_max,
+            "rtc.port_min",
+            format!(
+                "{}..={} is not a port range (port_min must be > 0 and <= port_max)",
+                r.port_min, r.port_max
+            ),
+        )?;
+        check(
+            (2..=600).contains(&r.ice_timeout_s),
+            "rtc.ice_timeout_s",
+            format!("{} must be within 2..=600", r.ice_timeout_s),
+        )?;
+        for s in &r.ice_servers {
+            check(
+                !s.urls.is_empty(),
+                "rtc.ice_servers.urls",
+                "must list at least one URL",
+            )?;
+            for u in &s.urls {
+                check(
+                    ["stun:", "stuns:", "turn:", "turns:"]
+                        .iter()
+                        .any(|p| u.starts_with(p))
+                        && !u.contains(['\r', '\n', '>', '"']),
+                    "rtc.ice_servers.urls",
+                    format!("{u:?} must be a stun:, stuns:, turn: or turns: URL"),
+                )?;
+            }
+        }
+        check(
+            (1..=100).contains(&self.room.max_participants),
+            "room.max_participants",
+            format!("{} must be within 1..=100", self.room.max_participants),
+        )?;
+        Ok(())
+    }
+
+    /// The number of peer connections the port range can hold.
+    pub fn port_count(&self) -> usize {
+        (self.rtc.port_max - self.rtc.port_min) as usize + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../mixdown.example.toml");
+        let parsed = Config::from_toml(text, "mixdown.example.toml").unwrap();
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the example documents the defaults"
+        );
+        // The commented-out keys are valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = ") || r.starts_with("[["))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let all = Config::from_toml(&uncommented, "uncommented example").unwrap();
+        assert_eq!(all.rtc.ice_servers.len(), 1);
+        assert!(all.rtc.public_ip.is_some());
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("", "x").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[video]\nwidth = 333\n", "x").unwrap_err();
+        assert!(e.to_string().contains("video.width"), "{e}");
+        let e = Config::from_toml("[video]\nwdth = 640\n", "x").unwrap_err();
+        assert!(e.to_string().contains("wdth"), "{e}");
+        let e = Config::from_toml("[rtc]\nport_min = 3000\nport_max = 2000\n", "x").unwrap_err();
+        assert!(e.to_string().contains("rtc.port_min"), "{e}");
+        let e = Config::from_toml("[server]\nhost = \"nope\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("host"), "{e}");
+        let e = Config::from_toml("[[rtc.ice_servers]]\nurls = [\"http://x\"]\n", "x").unwrap_err();
+        assert!(e.to_string().contains("rtc.ice_servers.urls"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Mixdown: a WebRTC MCU. Every participant of a room is decoded, composed into one picture and
+//! one audio mix, re-encoded once, and sent back as a single downstream.
+//!
+//! Three planes talk through typed messages:
+//! - control ([`http`], [`room`]): rooms, participants, layout, signalling;
+//! - transport ([`rtc`]): one webrtc-rs peer connection per participant or viewer;
+//! - media ([`mixer`]): the GStreamer composite pipeline and the audio mixer.
+//!
+//! [`media`] and [`sdp`] hold the plain types and pure parsing the planes share.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod media;
+pub mod mixer;
+pub mod room;
+pub mod rtc;
+pub mod sdp;

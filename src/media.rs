@@ -1,0 +1,133 @@
+//! Plane-neutral media types: what the transport hands the mixer and the mixer hands back.
+//! Nothing here imports GStreamer or webrtc-rs, so every plane can name these types.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A video codec Mixdown decodes and encodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum VideoCodec {
+    Vp8,
+    H264,
+}
+
+impl VideoCodec {
+    pub const ALL: [VideoCodec; 2] = [VideoCodec::Vp8, VideoCodec::H264];
+
+    /// The RTP encoding name (as in `a=rtpmap`).
+    pub fn encoding_name(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => "VP8",
+            VideoCodec::H264 => "H264",
+        }
+    }
+}
+
+impl std::fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encoding_name())
+    }
+}
+
+/// One encoded frame (video access unit, or one Opus packet). `data` is shared, never copied,
+/// when the same frame goes to many peers.
+#[derive(Clone, Debug)]
+pub struct EncodedFrame {
+    pub data: Bytes,
+    pub duration: Duration,
+    pub keyframe: bool,
+}
+
+/// Where the transport pushes a publisher's RTP packets (whole packets, header included).
+/// Implementations never block: when their queue is full they drop the packet.
+pub trait RtpSink: Send + Sync + 'static {
+    fn push_rtp(&self, packet: Bytes);
+}
+
+pub type SharedRtpSink = Arc<dyn RtpSink>;
+
+/// The parts of an RTP packet the audio mixer needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpView<'a> {
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub payload: &'a [u8],
+}
+
+/// Parses an RTP header (RFC 3550: CSRCs, header extension, padding). `None` for anything that is
+/// not a well-formed version-2 packet.
+pub fn parse_rtp(packet: &[u8]) -> Option<RtpView<'_>> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let has_padding = packet[0] & 0x20 != 0;
+    let has_extension = packet[0] & 0x10 != 0;
+    let csrc_count = (packet[0] & 0x0f) as usize;
+    let sequence = u16::from_be_bytes([packet[2], packet[3]]);
+    let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    let mut start = 12 + 4 * csrc_count;
+    if has_extension {
+        let words = packet.get(start + 2..start + 4)?;
+        start += 4 + 4 * u16::from_be_bytes([words[0], words[1]]) as usize;
+    }
+    let mut end = packet.len();
+    if has_padding {
+        let pad = *packet.last()? as usize;
+        end = end.checked_sub(pad)?;
+    }
+    if start > end {
+        return None;
+    }
+    Some(RtpView {
+        sequence,
+        timestamp,
+        payload: &packet[start..end],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(first: u8) -> Vec<u8> {
+        vec![first, 111, 0x12, 0x34, 0, 0, 0x03, 0xc0, 1, 2, 3, 4]
+    }
+
+    #[test]
+    fn plain_packet() {
+        let mut p = header(0x80);
+        p.extend_from_slice(b"opus");
+        let v = parse_rtp(&p).unwrap();
+        assert_eq!(v.sequence, 0x1234);
+        assert_eq!(v.timestamp, 960);
+        assert_eq!(v.payload, b"opus");
+    }
+
+    #[test]
+    fn csrc_extension_and_padding() {
+        let mut p = header(0x80 | 0x20 | 0x10 | 0x01);
+        p.extend_from_slice(&[9, 9, 9, 9]); // one CSRC
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0xff, 0, 0]); // one-word extension
+        p.extend_from_slice(b"data");
+        p.extend_from_slice(&[0, 0, 3]); // three bytes of padding
+        let v = parse_rtp(&p).unwrap();
+        assert_eq!(v.payload, b"data");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_rtp(&[]).is_none());
+        assert!(parse_rtp(&[0x80; 11]).is_none());
+        assert!(parse_rtp(&header(0x40)).is_none()); // version 1
+        let mut p = header(0x90); // extension announced, missing
+        p.truncate(12);
+        assert!(parse_rtp(&p).is_none());
+        let mut p = header(0xa0); // padding longer than the packet
+        p.push(200);
+        assert!(parse_rtp(&p).is_none());
+        let mut p = header(0x8f); // 15 CSRCs announced, none present
+        p.push(0);
+        assert!(parse_rtp(&p).is_none());
+    }
+}

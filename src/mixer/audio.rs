@@ -1,0 +1,320 @@
+//! The room's audio mixer: one tokio task that decodes every publisher's Opus, sums one 20 ms
+//! frame per tick, and encodes one mix per distinct audience: each audio publisher gets the mix
+//! without their own voice (mix-minus, its own encoder); everyone else (viewers, video-only
+//! publishers) shares a single encode of the full mix.
+//!
+//! It never blocks on a listener: a full listener queue drops that listener's frame.
+
+use crate::ids::SessionId;
+use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, parse_rtp};
+use crate::mixer::dsp::{
+    FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, mix_minus,
+};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Packets from all sources of a room waiting for the mixer (about 1 s of 25 speakers). When
+/// full, new packets are dropped; the decoder conceals the loss.
+pub const PACKET_QUEUE: usize = 1024;
+/// Control messages (joins, leaves): senders wait when it is full.
+pub const CONTROL_QUEUE: usize = 64;
+/// Encoded frames per listener (320 ms). When full, the listener misses that frame.
+pub const LISTENER_QUEUE: usize = 16;
+/// Lost packets concealed at most per gap; longer gaps are silence.
+const MAX_CONCEALED: u16 = 3;
+const FRAME: Duration = Duration::from_millis(20);
+/// Largest Opus packet: 120 ms at 48 kHz.
+const MAX_DECODED: usize = 5760;
+
+enum Control {
+    AddSource(SessionId),
+    RemoveSource(SessionId),
+    AddListener {
+        id: SessionId,
+        tx: mpsc::Sender<EncodedFrame>,
+    },
+    RemoveListener(SessionId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+    #[error("the audio mixer has stopped")]
+    Stopped,
+}
+
+/// Owned by the room actor. Dropping it (or [`shutdown`](Self::shutdown)) ends the task.
+pub struct AudioMixerHandle {
+    control: mpsc::Sender<Control>,
+    packets: mpsc::Sender<(SessionId, Bytes)>,
+    task: JoinHandle<()>,
+}
+
+struct SourceSink {
+    id: SessionId,
+    packets: mpsc::Sender<(SessionId, Bytes)>,
+}
+
+impl RtpSink for SourceSink {
+    fn push_rtp(&self, packet: Bytes) {
+        if self.packets.try_send((self.id, packet)).is_err() {
+            tracing::trace!(session = %self.id, "audio packet dropped: mixer queue full");
+        }
+    }
+}
+
+impl AudioMixerHandle {
+    pub fn spawn(bitrate_kbps: u32, jitter_ms: u32) -> Self {
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (packets, packets_rx) = mpsc::channel(PACKET_QUEUE);
+        let target = (SAMPLE_RATE * jitter_ms / 1000) as usize;
+        let task = tokio::spawn(run(control_rx, packets_rx, bitrate_kbps, target));
+        Self {
+            control,
+            packets,
+            task,
+        }
+    }
+
+    /// Registers a publisher and returns where its RTP goes.
+    pub async fn add_source(&self, id: SessionId) -> Result<SharedRtpSink, AudioError> {
+        self.send(Control::AddSource(id)).await?;
+        Ok(Arc::new(SourceSink {
+            id,
+            packets: self.packets.clone(),
+        }))
+    }
+
+    pub async fn remove_source(&self, id: SessionId) {
+        let _ = self.send(Control::RemoveSource(id)).await;
+    }
+
+    /// A listener hears everyone but the source with its own id (if it is one).
+    pub async fn add_listener(
+        &self,
+        id: SessionId,
+    ) -> Result<mpsc::Receiver<EncodedFrame>, AudioError> {
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+        self.send(Control::AddListener { id, tx }).await?;
+        Ok(rx)
+    }
+
+    pub async fn remove_listener(&self, id: SessionId) {
+        let _ = self.send(Control::RemoveListener(id)).await;
+    }
+
+    async fn send(&self, c: Control) -> Result<(), AudioError> {
+        self.control.send(c).await.map_err(|_| AudioError::Stopped)
+    }
+
+    pub async fn shutdown(self) {
+        drop(self.control);
+        drop(self.packets);
+        let _ = self.task.await;
+    }
+}
+
+struct Source {
+    decoder: opus::Decoder,
+    seq: SeqTracker,
+    fifo: SourceFifo,
+    frame: Vec<f32>,
+    active: bool,
+}
+
+struct Listener {
+    tx: mpsc::Sender<EncodedFrame>,
+    /// Its own encoder while it is also a source (its mix differs from everyone else's).
+    encoder: Option<opus::Encoder>,
+}
+
+struct Mixer {
+    bitrate_kbps: u32,
+    target: usize,
+    sources: HashMap<SessionId, Source>,
+    listeners: HashMap<SessionId, Listener>,
+    full_encoder: Option<opus::Encoder>,
+    full: Vec<f32>,
+    out: Vec<f32>,
+    decoded: Vec<f32>,
+    encoded: Vec<u8>,
+}
+
+fn new_encoder(bitrate_kbps: u32) -> Result<opus::Encoder, opus::Error> {
+    let mut e = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+    e.set_bitrate(opus::Bitrate::Bits(bitrate_kbps as i32 * 1000))?;
+    e.set_complexity(5)?;
+    Ok(e)
+}
+
+impl Mixer {
+    fn handle_control(&mut self, c: Control) {
+        match c {
+            Control::AddSource(id) => match opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) {
+                Ok(decoder) => {
+                    self.sources.insert(
+                        id,
+                        Source {
+                            decoder,
+                            seq: SeqTracker::default(),
+                            fifo: SourceFifo::new(self.target),
+                            frame: vec![0.0; FRAME_SAMPLES],
+                            active: false,
+                        },
+                    );
+                    if let Some(l) = self.listeners.get_mut(&id) {
+                        l.encoder = new_encoder(self.bitrate_kbps).ok();
+                    }
+                }
+                Err(e) => tracing::error!(session = %id, "opus decoder: {e}"),
+            },
+            Control::RemoveSource(id) => {
+                self.sources.remove(&id);
+            }
+            Control::AddListener { id, tx } => {
+                let encoder = if self.sources.contains_key(&id) {
+                    new_encoder(self.bitrate_kbps)
+                        .map_err(|e| tracing::error!(session = %id, "opus encoder: {e}"))
+                        .ok()
+                } else {
+                    None
+                };
+                self.listeners.insert(id, Listener { tx, encoder });
+            }
+            Control::RemoveListener(id) => {
+                self.listeners.remove(&id);
+            }
+        }
+    }
+
+    fn handle_packet(&mut self, id: SessionId, packet: &[u8]) {
+        let Some(source) = self.sources.get_mut(&id) else {
+            return;
+        };
+        let Some(rtp) = parse_rtp(packet) else {
+            tracing::trace!(session = %id, "malformed audio RTP dropped");
+            return;
+        };
+        match source.seq.handle(rtp.sequence) {
+            SeqVerdict::Late => return,
+            SeqVerdict::Gap(n) => {
+                for _ in 0..n.min(MAX_CONCEALED) {
+                    let buf = &mut self.decoded[..FRAME_SAMPLES];
+                    if let Ok(got) = source.decoder.decode_float(&[], buf, false) {
+                        source.fifo.push(&buf[..got]);
+                    }
+                }
+            }
+            SeqVerdict::InOrder => {}
+        }
+        if rtp.payload.is_empty() {
+            return;
+        }
+        match source
+            .decoder
+            .decode_float(rtp.payload, &mut self.decoded, false)
+        {
+            Ok(got) => source.fifo.push(&self.decoded[..got]),
+            Err(e) => tracing::trace!(session = %id, "opus decode: {e}"),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.full.fill(0.0);
+        for s in self.sources.values_mut() {
+            s.active = s.fifo.pop_frame(&mut s.frame);
+            if s.active {
+                for (f, x) in self.full.iter_mut().zip(&s.frame) {
+                    *f += x;
+                }
+            }
+        }
+        let mut shared: Option<Bytes> = None;
+        for (id, l) in self.listeners.iter_mut() {
+            let data = if let Some(enc) = l.encoder.as_mut() {
+                let own = self
+                    .sources
+                    .get(id)
+                    .filter(|s| s.active)
+                    .map(|s| s.frame.as_slice());
+                mix_minus(&self.full, own, &mut self.out);
+                match enc.encode_float(&self.out, &mut self.encoded) {
+                    Ok(n) => Bytes::copy_from_slice(&self.encoded[..n]),
+                    Err(e) => {
+                        tracing::warn!(session = %id, "opus encode: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                if shared.is_none() {
+                    let enc = match self.full_encoder.as_mut() {
+                        Some(e) => e,
+                        None => match new_encoder(self.bitrate_kbps) {
+                            Ok(e) => self.full_encoder.insert(e),
+                            Err(e) => {
+                                tracing::error!("opus encoder: {e}");
+                                return;
+                            }
+                        },
+                    };
+                    mix_minus(&self.full, None, &mut self.out);
+                    match enc.encode_float(&self.out, &mut self.encoded) {
+                        Ok(n) => shared = Some(Bytes::copy_from_slice(&self.encoded[..n])),
+                        Err(e) => {
+                            tracing::warn!("opus encode: {e}");
+                            return;
+                        }
+                    }
+                }
+                match &shared {
+                    Some(b) => b.clone(),
+                    None => continue,
+                }
+            };
+            let frame = EncodedFrame {
+                data,
+                duration: FRAME,
+                keyframe: true,
+            };
+            if l.tx.try_send(frame).is_err() {
+                tracing::trace!(session = %id, "audio frame dropped: listener queue full");
+            }
+        }
+    }
+}
+
+async fn run(
+    mut control: mpsc::Receiver<Control>,
+    mut packets: mpsc::Receiver<(SessionId, Bytes)>,
+    bitrate_kbps: u32,
+    target: usize,
+) {
+    let mut mixer = Mixer {
+        bitrate_kbps,
+        target,
+        sources: HashMap::new(),
+        listeners: HashMap::new(),
+        full_encoder: None,
+        full: vec![0.0; FRAME_SAMPLES],
+        out: vec![0.0; FRAME_SAMPLES],
+        decoded: vec![0.0; MAX_DECODED],
+        encoded: vec![0; 4000],
+    };
+    let mut tick = tokio::time::interval(FRAME);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(c) => mixer.handle_control(c),
+                None => break,
+            },
+            Some((id, p)) = packets.recv() => mixer.handle_packet(id, &p),
+            _ = tick.tick() => mixer.tick(),
+        }
+    }
+}

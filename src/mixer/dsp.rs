@@ -1,0 +1,210 @@
+//! Pure audio pieces of the mixer: a per-source jitter FIFO, sequence tracking, summing and a
+//! soft limiter. No codecs, no tokio, no clocks: unit-tested directly.
+
+use std::collections::VecDeque;
+
+/// 48 kHz mono, 20 ms: the mixer's frame.
+pub const SAMPLE_RATE: u32 = 48_000;
+pub const FRAME_SAMPLES: usize = 960;
+
+/// Below this the limiter is transparent; above it, peaks bend smoothly towards full scale.
+const KNEE: f32 = 0.6;
+
+/// Soft limiter: identity below the knee, then a tanh curve that never reaches 1.0. Several
+/// loud speakers at once compress instead of hard-clipping.
+pub fn limit(x: f32) -> f32 {
+    let a = x.abs();
+    if a <= KNEE {
+        x
+    } else {
+        let room = 1.0 - KNEE;
+        (KNEE + room * ((a - KNEE) / room).tanh()).copysign(x)
+    }
+}
+
+/// `out = limit(full - own)`: the mix-minus for a listener whose own contribution is `own`.
+pub fn mix_minus(full: &[f32], own: Option<&[f32]>, out: &mut [f32]) {
+    match own {
+        Some(own) => {
+            for ((o, f), s) in out.iter_mut().zip(full).zip(own) {
+                *o = limit(f - s);
+            }
+        }
+        None => {
+            for (o, f) in out.iter_mut().zip(full) {
+                *o = limit(*f);
+            }
+        }
+    }
+}
+
+/// What an arriving sequence number means for a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqVerdict {
+    /// The next packet (or the first).
+    InOrder,
+    /// `n` packets were skipped before this one.
+    Gap(u16),
+    /// A duplicate or a packet that arrived after a later one: drop it.
+    Late,
+}
+
+/// A sequence jump at least this large (either way) is a stream restart, not loss or reorder.
+const RESTART_JUMP: u16 = 3000;
+
+#[derive(Debug, Default, Clone)]
+pub struct SeqTracker {
+    last: Option<u16>,
+}
+
+impl SeqTracker {
+    pub fn handle(&mut self, seq: u16) -> SeqVerdict {
+        let Some(last) = self.last else {
+            self.last = Some(seq);
+            return SeqVerdict::InOrder;
+        };
+        let delta = seq.wrapping_sub(last);
+        if delta == 0 || (delta > 0x8000 && 0u16.wrapping_sub(delta) < RESTART_JUMP) {
+            return SeqVerdict::Late;
+        }
+        self.last = Some(seq);
+        if delta == 1 {
+            SeqVerdict::InOrder
+        } else if delta >= RESTART_JUMP {
+            // A jump this large is a stream restart, not loss.
+            SeqVerdict::InOrder
+        } else {
+            SeqVerdict::Gap(delta - 1)
+        }
+    }
+}
+
+/// Decoded audio of one source waiting to be mixed. Playback starts once `target` samples are
+/// queued; the queue is trimmed back to `target` when it grows past `max` (a burst after a
+/// stall), so latency stays bounded.
+#[derive(Debug)]
+pub struct SourceFifo {
+    samples: VecDeque<f32>,
+    target: usize,
+    max: usize,
+    playing: bool,
+}
+
+impl SourceFifo {
+    pub fn new(target: usize) -> Self {
+        Self {
+            samples: VecDeque::with_capacity(target * 4),
+            target,
+            max: target + 4 * FRAME_SAMPLES,
+            playing: false,
+        }
+    }
+
+    pub fn push(&mut self, pcm: &[f32]) {
+        self.samples.extend(pcm);
+        if self.samples.len() > self.max {
+            let excess = self.samples.len() - self.target;
+            self.samples.drain(..excess);
+        }
+    }
+
+    /// Fills `out` with the next frame. Returns false (and leaves `out` untouched) when the
+    /// source has nothing to play: not started, or ran dry (then it re-buffers).
+    pub fn pop_frame(&mut self, out: &mut [f32]) -> bool {
+        if !self.playing {
+            if self.samples.len() < self.target.max(out.len()) {
+                return false;
+            }
+            self.playing = true;
+        }
+        if self.samples.len() < out.len() {
+            self.playing = false;
+            return false;
+        }
+        let n = out.len();
+        for (o, s) in out.iter_mut().zip(self.samples.drain(..n)) {
+            *o = s;
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_is_transparent_then_bounded_and_monotonic() {
+        assert_eq!(limit(0.3), 0.3);
+        assert_eq!(limit(-0.6), -0.6);
+        let mut prev = 0.0;
+        for i in 0..400 {
+            let x = i as f32 * 0.01;
+            let y = limit(x);
+            assert!(y <= 1.0 && y >= prev, "limit({x}) = {y}");
+            assert_eq!(limit(-x), -y);
+            prev = y;
+        }
+    }
+
+    #[test]
+    fn mix_minus_removes_own_voice() {
+        let a = [0.2f32; 4];
+        let b = [0.1f32; 4];
+        let full: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        let mut out = [0.0; 4];
+        mix_minus(&full, Some(&a), &mut out);
+        for o in out {
+            assert!((o - 0.1).abs() < 1e-6);
+        }
+        mix_minus(&full, None, &mut out);
+        for o in out {
+            assert!((o - 0.3).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn sequence_tracking() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.handle(65534), SeqVerdict::InOrder);
+        assert_eq!(t.handle(65535), SeqVerdict::InOrder);
+        assert_eq!(t.handle(0), SeqVerdict::InOrder, "wraps");
+        assert_eq!(t.handle(3), SeqVerdict::Gap(2));
+        assert_eq!(t.handle(2), SeqVerdict::Late);
+        assert_eq!(t.handle(3), SeqVerdict::Late);
+        assert_eq!(t.handle(40000), SeqVerdict::InOrder, "restart");
+    }
+
+    #[test]
+    fn fifo_prebuffers_plays_and_rebuffers() {
+        let mut f = SourceFifo::new(FRAME_SAMPLES);
+        let mut out = vec![0.0; FRAME_SAMPLES];
+        assert!(!f.pop_frame(&mut out));
+        f.push(&vec![0.5; FRAME_SAMPLES / 2]);
+        assert!(!f.pop_frame(&mut out), "not enough yet");
+        f.push(&vec![0.5; FRAME_SAMPLES / 2]);
+        assert!(f.pop_frame(&mut out));
+        assert_eq!(out[0], 0.5);
+        assert!(!f.pop_frame(&mut out), "ran dry");
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn fifo_bounds_latency() {
+        let mut f = SourceFifo::new(FRAME_SAMPLES);
+        for _ in 0..50 {
+            f.push(&vec![0.1; FRAME_SAMPLES]);
+        }
+        assert!(f.len() <= FRAME_SAMPLES * 5, "{}", f.len());
+        let mut out = vec![0.0; FRAME_SAMPLES];
+        assert!(f.pop_frame(&mut out));
+    }
+}

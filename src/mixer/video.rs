@@ -1,0 +1,453 @@
+//! The room's video pipeline: one input branch per participant tile (a decoder fed by `appsrc`,
+//! or a placeholder for a participant without video), a live `compositor`, and one encoder per
+//! codec that some receiver needs, whose frames are fanned out through a broadcast channel.
+//!
+//! Everything here runs on the room actor's task: elements are added, re-laid out and removed
+//! from there, never from a streaming thread. Streaming-thread callbacks (appsink, pad probes)
+//! only `try_send` or `send` into channels.
+
+use crate::ids::{RoomId, SessionId};
+use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec};
+use crate::mixer::MixerError;
+use crate::room::layout::Tile;
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+const VP8_INPUT: &str = include_str!("../../pipelines/vp8-input.gst");
+const H264_INPUT: &str = include_str!("../../pipelines/h264-input.gst");
+const PLACEHOLDER: &str = include_str!("../../pipelines/placeholder.gst");
+const VP8_ENCODER: &str = include_str!("../../pipelines/vp8-encoder.gst");
+const H264_ENCODER: &str = include_str!("../../pipelines/h264-encoder.gst");
+
+/// Every fragment, for the start-up check and the test that parses them all.
+pub const FRAGMENTS: [(&str, &str); 5] = [
+    ("vp8-input", VP8_INPUT),
+    ("h264-input", H264_INPUT),
+    ("placeholder", PLACEHOLDER),
+    ("vp8-encoder", VP8_ENCODER),
+    ("h264-encoder", H264_ENCODER),
+];
+
+/// Encoded composite frames buffered per codec for slow peers (about 2 s at 30 fps). A peer
+/// that falls further behind skips to the newest frames and waits for a keyframe.
+pub const FRAME_BROADCAST: usize = 64;
+/// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect).
+pub const PLI_QUEUE: usize = 1;
+
+#[derive(Debug, Clone)]
+pub struct VideoSettings {
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub bitrate_kbps: u32,
+    pub jitter_ms: u32,
+    pub keyframe_interval_s: u32,
+}
+
+struct Slot {
+    bin: gst::Bin,
+    comp_pad: gst::Pad,
+    tile_filter: gst::Element,
+    placeholder: bool,
+    tile: Option<Tile>,
+}
+
+struct Encoder {
+    element: gst::Element,
+    frames: broadcast::Sender<EncodedFrame>,
+}
+
+pub struct VideoMixer {
+    room: RoomId,
+    settings: VideoSettings,
+    pipeline: gst::Pipeline,
+    compositor: gst::Element,
+    tee: gst::Element,
+    slots: HashMap<SessionId, Slot>,
+    encoders: HashMap<VideoCodec, Encoder>,
+    bus_task: tokio::task::JoinHandle<()>,
+}
+
+fn make(factory: &str) -> Result<gst::Element, MixerError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MixerError::MissingElement(factory.to_owned()))
+}
+
+fn parse_bin(description: &str) -> Result<gst::Bin, MixerError> {
+    let mut ctx = gst::ParseContext::new();
+    gst::parse::bin_from_description_full(
+        description,
+        true,
+        Some(&mut ctx),
+        gst::ParseFlags::FATAL_ERRORS,
+    )
+    .map_err(|e| MixerError::Fragment {
+        missing: ctx.missing_elements().join(", "),
+        message: e.to_string(),
+    })?
+    .downcast::<gst::Bin>()
+    .map_err(|_| MixerError::Fragment {
+        missing: String::new(),
+        message: "fragment did not produce a bin".into(),
+    })
+}
+
+fn by_name(bin: &gst::Bin, name: &str) -> Result<gst::Element, MixerError> {
+    bin.by_name(name).ok_or_else(|| MixerError::Fragment {
+        missing: String::new(),
+        message: format!("fragment has no element named {name}"),
+    })
+}
+
+fn ms(v: u32) -> gst::ClockTime {
+    gst::ClockTime::from_mseconds(v as u64)
+}
+
+/// The one place that spells the compositor pad's geometry properties.
+fn apply_tile(pad: &gst::Pad, filter: &gst::Element, tile: Tile, framerate: Option<u32>) {
+    pad.set_property("xpos", tile.x as i32);
+    pad.set_property("ypos", tile.y as i32);
+    pad.set_property("width", tile.w as i32);
+    pad.set_property("height", tile.h as i32);
+    let mut caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", tile.w as i32)
+        .field("height", tile.h as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+    if let Some(f) = framerate {
+        caps = caps.field("framerate", gst::Fraction::new(f as i32, 1));
+    }
+    filter.set_property("caps", caps.build());
+}
+
+/// Pushes RTP into a participant's `appsrc`. Never blocks: the appsrc is leaky.
+struct AppSrcSink(gst_app::AppSrc);
+
+impl RtpSink for AppSrcSink {
+    fn push_rtp(&self, packet: Bytes) {
+        let _ = self.0.push_buffer(gst::Buffer::from_slice(packet));
+    }
+}
+
+impl VideoMixer {
+    pub fn new(room: RoomId, settings: VideoSettings) -> Result<Self, MixerError> {
+        let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
+        // Inputs join after the compositor starts, so their latency (jitter buffer + decode) is
+        // declared up front; otherwise their first frames would all be late.
+        let upstream_latency = ms(settings.jitter_ms + 40);
+        let compositor = gst::ElementFactory::make("compositor")
+            .property("force-live", true)
+            .property("ignore-inactive-pads", true)
+            .property("min-upstream-latency", upstream_latency.nseconds())
+            .property_from_str("background", "black")
+            .build()
+            .map_err(|_| MixerError::MissingElement("compositor".into()))?;
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", settings.width as i32)
+            .field("height", settings.height as i32)
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .field(
+                "framerate",
+                gst::Fraction::new(settings.framerate as i32, 1),
+            )
+            .build();
+        let filter = make("capsfilter")?;
+        filter.set_property("caps", &caps);
+        let tee = make("tee")?;
+        tee.set_property("allow-not-linked", true);
+        pipeline
+            .add_many([&compositor, &filter, &tee])
+            .map_err(MixerError::glib)?;
+        gst::Element::link_many([&compositor, &filter, &tee]).map_err(MixerError::glib)?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| MixerError::State("room pipeline would not start"))?;
+        let bus_task = spawn_bus_watch(room.clone(), &pipeline);
+        Ok(Self {
+            room,
+            settings,
+            pipeline,
+            compositor,
+            tee,
+            slots: HashMap::new(),
+            encoders: HashMap::new(),
+            bus_task,
+        })
+    }
+
+    fn attach(
+        &mut self,
+        id: SessionId,
+        bin: gst::Bin,
+        placeholder: bool,
+    ) -> Result<(), MixerError> {
+        let tile_filter = by_name(&bin, "tile")?;
+        self.pipeline.add(&bin).map_err(MixerError::glib)?;
+        let src = bin
+            .static_pad("src")
+            .ok_or(MixerError::State("input fragment has no src pad"))?;
+        let comp_pad = self
+            .compositor
+            .request_pad_simple("sink_%u")
+            .ok_or(MixerError::State("compositor gave no sink pad"))?;
+        if let Err(e) = src.link(&comp_pad) {
+            self.compositor.release_request_pad(&comp_pad);
+            let _ = self.pipeline.remove(&bin);
+            return Err(MixerError::Link(format!("{e:?}")));
+        }
+        let previous = self.slots.insert(
+            id,
+            Slot {
+                bin: bin.clone(),
+                comp_pad,
+                tile_filter,
+                placeholder,
+                tile: None,
+            },
+        );
+        let tile = previous.as_ref().and_then(|p| p.tile);
+        if let Some(old) = previous {
+            self.detach(old);
+        }
+        if let Some(tile) = tile {
+            self.set_tile(id, tile);
+        }
+        bin.sync_state_with_parent().map_err(MixerError::glib)?;
+        Ok(())
+    }
+
+    fn detach(&self, slot: Slot) {
+        if let Some(src) = slot.bin.static_pad("src") {
+            let _ = src.unlink(&slot.comp_pad);
+        }
+        self.compositor.release_request_pad(&slot.comp_pad);
+        let _ = slot.bin.set_state(gst::State::Null);
+        let _ = self.pipeline.remove(&slot.bin);
+    }
+
+    /// A tile for a participant whose video has not started (or who publishes none).
+    pub fn add_placeholder(&mut self, id: SessionId) -> Result<(), MixerError> {
+        let bin = parse_bin(PLACEHOLDER)?;
+        self.attach(id, bin, true)
+    }
+
+    /// Replaces the participant's tile source with a decoder of its RTP. Keyframe requests from
+    /// the depayloader and decoder (start, corruption) arrive on `pli`.
+    pub fn add_video_input(
+        &mut self,
+        id: SessionId,
+        codec: VideoCodec,
+        payload_type: u8,
+        pli: mpsc::Sender<()>,
+    ) -> Result<SharedRtpSink, MixerError> {
+        let bin = parse_bin(match codec {
+            VideoCodec::Vp8 => VP8_INPUT,
+            VideoCodec::H264 => H264_INPUT,
+        })?;
+        by_name(&bin, "jitter")?.set_property("latency", self.settings.jitter_ms);
+        let appsrc = by_name(&bin, "src")?
+            .downcast::<gst_app::AppSrc>()
+            .map_err(|_| MixerError::State("src is not an appsrc"))?;
+        appsrc.set_caps(Some(
+            &gst::Caps::builder("application/x-rtp")
+                .field("media", "video")
+                .field("clock-rate", 90000i32)
+                .field("encoding-name", codec.encoding_name())
+                .field("payload", payload_type as i32)
+                .build(),
+        ));
+        if let Some(pad) = appsrc.static_pad("src") {
+            pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                    && gst_video_is_force_key_unit(ev)
+                {
+                    let _ = pli.try_send(());
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+        self.attach(id, bin, false)?;
+        tracing::debug!(room = %self.room, session = %id, %codec, "video input started");
+        Ok(Arc::new(AppSrcSink(appsrc)))
+    }
+
+    pub fn remove(&mut self, id: SessionId) {
+        if let Some(slot) = self.slots.remove(&id) {
+            self.detach(slot);
+        }
+    }
+
+    pub fn has_tile(&self, id: SessionId) -> bool {
+        self.slots.contains_key(&id)
+    }
+
+    fn set_tile(&mut self, id: SessionId, tile: Tile) {
+        let framerate = self.settings.framerate;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.tile = Some(tile);
+            apply_tile(
+                &slot.comp_pad,
+                &slot.tile_filter,
+                tile,
+                slot.placeholder.then_some(framerate),
+            );
+        }
+    }
+
+    pub fn apply_layout(&mut self, tiles: &[(SessionId, Tile)]) {
+        for (id, tile) in tiles {
+            self.set_tile(*id, *tile);
+        }
+    }
+
+    /// Frames of the composite encoded as `codec`; the encoder starts on first use and then
+    /// serves every receiver of that codec.
+    pub fn subscribe(
+        &mut self,
+        codec: VideoCodec,
+    ) -> Result<broadcast::Receiver<EncodedFrame>, MixerError> {
+        if let Some(e) = self.encoders.get(&codec) {
+            return Ok(e.frames.subscribe());
+        }
+        let bin = parse_bin(match codec {
+            VideoCodec::Vp8 => VP8_ENCODER,
+            VideoCodec::H264 => H264_ENCODER,
+        })?;
+        let enc = by_name(&bin, "enc")?;
+        let keyframe_frames = self.settings.keyframe_interval_s * self.settings.framerate;
+        match codec {
+            VideoCodec::Vp8 => {
+                enc.set_property("target-bitrate", (self.settings.bitrate_kbps * 1000) as i32);
+                enc.set_property("keyframe-max-dist", keyframe_frames as i32);
+            }
+            VideoCodec::H264 => {
+                enc.set_property("bitrate", self.settings.bitrate_kbps);
+                enc.set_property("key-int-max", keyframe_frames);
+            }
+        }
+        let (tx, rx) = broadcast::channel(FRAME_BROADCAST);
+        let sink = by_name(&bin, "sink")?
+            .downcast::<gst_app::AppSink>()
+            .map_err(|_| MixerError::State("sink is not an appsink"))?;
+        let frame_duration = Duration::from_secs(1) / self.settings.framerate;
+        let frames = tx.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(buffer) = sample.buffer()
+                        && let Ok(map) = buffer.map_readable()
+                    {
+                        let frame = EncodedFrame {
+                            data: Bytes::copy_from_slice(map.as_slice()),
+                            duration: buffer
+                                .duration()
+                                .map(|d| Duration::from_nanos(d.nseconds()))
+                                .unwrap_or(frame_duration),
+                            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        };
+                        // No receivers is not an error: the frame is simply not needed.
+                        let _ = frames.send(frame);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        self.pipeline.add(&bin).map_err(MixerError::glib)?;
+        let tee_pad = self
+            .tee
+            .request_pad_simple("src_%u")
+            .ok_or(MixerError::State("tee gave no src pad"))?;
+        let sink_pad = bin
+            .static_pad("sink")
+            .ok_or(MixerError::State("encoder fragment has no sink pad"))?;
+        tee_pad
+            .link(&sink_pad)
+            .map_err(|e| MixerError::Link(format!("{e:?}")))?;
+        bin.sync_state_with_parent().map_err(MixerError::glib)?;
+        tracing::info!(room = %self.room, %codec, "composite encoder started");
+        self.encoders.insert(
+            codec,
+            Encoder {
+                element: enc,
+                frames: tx,
+            },
+        );
+        Ok(rx)
+    }
+
+    pub fn active_codecs(&self) -> Vec<VideoCodec> {
+        self.encoders.keys().copied().collect()
+    }
+
+    pub fn force_keyframe(&self, codec: VideoCodec) {
+        if let Some(e) = self.encoders.get(&codec)
+            && let Some(pad) = e.element.static_pad("src")
+        {
+            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
+            pad.send_event(ev);
+            tracing::debug!(room = %self.room, %codec, "keyframe forced");
+        }
+    }
+
+    /// Stops the pipeline (state `Null`) and waits for its bus watch to end.
+    pub async fn shutdown(self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.bus_task.abort();
+        let _ = self.bus_task.await;
+    }
+
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
+    }
+}
+
+fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {
+    gstreamer_video::ForceKeyUnitEvent::is(ev)
+}
+
+/// Logs errors and warnings; recomputes latency when an input joins. An error inside one
+/// participant's branch is logged and that branch is left to recover (decoders ignore errors),
+/// so one bad input never stops the room.
+fn spawn_bus_watch(room: RoomId, pipeline: &gst::Pipeline) -> tokio::task::JoinHandle<()> {
+    let bus = pipeline.bus();
+    let weak = pipeline.downgrade();
+    tokio::spawn(async move {
+        let Some(bus) = bus else { return };
+        use futures_util::StreamExt;
+        let mut messages = bus.stream();
+        while let Some(msg) = messages.next().await {
+            match msg.view() {
+                gst::MessageView::Error(e) => tracing::error!(
+                    room = %room,
+                    source = ?e.src().map(|s| s.path_string()),
+                    "pipeline error: {} ({:?})",
+                    e.error(),
+                    e.debug()
+                ),
+                gst::MessageView::Warning(w) => tracing::warn!(
+                    room = %room,
+                    source = ?w.src().map(|s| s.path_string()),
+                    "pipeline warning: {}",
+                    w.error()
+                ),
+                gst::MessageView::Latency(_) => {
+                    if let Some(p) = weak.upgrade() {
+                        let _ = p.recalculate_latency();
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,266 @@
+//! The control plane's rooms. A room is an actor ([`actor`]): one task owns its sessions, its
+//! video mixer and its audio mixer; everyone else holds a [`RoomHandle`]. The [`RoomRegistry`]
+//! maps names to handles, creating a room on its first join; a room removes itself when its
+//! last session leaves. Layout and keyframe decisions are pure ([`layout`], [`keyframe`]).
+
+pub mod actor;
+pub mod keyframe;
+pub mod layout;
+
+use crate::config::Config;
+use crate::ids::{RoomId, SessionId};
+use crate::media::VideoCodec;
+use crate::mixer::MixerError;
+use crate::rtc::{PeerFactory, RtcError};
+use crate::sdp::OfferSummary;
+use layout::Tile;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for one room's actor. Senders wait (back-pressure) when it is full.
+pub const ROOM_COMMAND_QUEUE: usize = 64;
+/// Session events (track started, keyframe requests, peer gone) waiting for the room actor;
+/// handlers `try_send`, so a keyframe request is dropped only if the actor is stuck.
+pub const SESSION_EVENT_QUEUE: usize = 256;
+
+/// How a session entered: WHIP (publishes what its offer sends) or WHEP (receives only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Whip,
+    Whep,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinAnswer {
+    pub session: SessionId,
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParticipantInfo {
+    pub session: String,
+    pub role: Role,
+    pub publishes_audio: bool,
+    pub publishes_video: bool,
+    pub video_started: bool,
+    pub receives_video: Option<VideoCodec>,
+    pub receives_audio: bool,
+    /// The participant's tile in the composite, `[x, y, w, h]` in pixels.
+    pub tile: Option<[u32; 4]>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub room: String,
+    pub width: u32,
+    pub height: u32,
+    pub encoders: Vec<VideoCodec>,
+    pub participants: Vec<ParticipantInfo>,
+}
+
+impl From<Tile> for [u32; 4] {
+    fn from(t: Tile) -> Self {
+        [t.x, t.y, t.w, t.h]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("room {room} is full ({max} sessions)")]
+    Full { room: RoomId, max: usize },
+    #[error("no session {session} in room {room}")]
+    UnknownSession { room: RoomId, session: String },
+    #[error("room {0} has closed")]
+    Closed(RoomId),
+    #[error("the offer neither sends nor receives media Mixdown handles")]
+    NothingToDo,
+    #[error(transparent)]
+    Rtc(#[from] RtcError),
+    #[error(transparent)]
+    Mixer(#[from] MixerError),
+    #[error("audio mixer: {0}")]
+    Audio(#[from] crate::mixer::audio::AudioError),
+}
+
+pub(crate) enum RoomCommand {
+    Join {
+        role: Role,
+        offer: String,
+        summary: OfferSummary,
+        reply: oneshot::Sender<Result<JoinAnswer, RoomError>>,
+    },
+    Leave {
+        session: SessionId,
+        reply: oneshot::Sender<bool>,
+    },
+    Info {
+        reply: oneshot::Sender<RoomInfo>,
+    },
+    Shutdown,
+}
+
+/// A cloneable address of one room's actor.
+#[derive(Clone)]
+pub struct RoomHandle {
+    id: RoomId,
+    generation: u64,
+    tx: mpsc::Sender<RoomCommand>,
+}
+
+impl RoomHandle {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> RoomCommand,
+    ) -> Result<T, RoomError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| RoomError::Closed(self.id.clone()))?;
+        rx.await.map_err(|_| RoomError::Closed(self.id.clone()))
+    }
+
+    pub async fn info(&self) -> Result<RoomInfo, RoomError> {
+        self.request(|reply| RoomCommand::Info { reply }).await
+    }
+}
+
+/// Shared by the registry and its rooms; a room removes its own entry when it closes.
+pub(crate) struct RegistryInner {
+    pub(crate) config: Config,
+    pub(crate) peers: PeerFactory,
+    pub(crate) rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    generation: AtomicU64,
+    /// Room actors still running (teardown included): zero once every room is fully gone.
+    pub(crate) live_actors: AtomicUsize,
+}
+
+impl RegistryInner {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
+        // Only inserts and removes happen under this lock; a poisoned map is still consistent.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn forget(&self, id: &RoomId, generation: u64) {
+        let mut rooms = self.rooms();
+        if rooms.get(id).is_some_and(|h| h.generation == generation) {
+            rooms.remove(id);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RoomRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+impl RoomRegistry {
+    pub fn new(config: Config, peers: PeerFactory) -> Self {
+        Self {
+            inner: Arc::new(RegistryInner {
+                config,
+                peers,
+                rooms: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(1),
+                live_actors: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    fn get_or_create(&self, id: &RoomId) -> RoomHandle {
+        let mut rooms = self.inner.rooms();
+        if let Some(h) = rooms.get(id) {
+            return h.clone();
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let handle = actor::spawn(id.clone(), generation, Arc::clone(&self.inner));
+        rooms.insert(id.clone(), handle.clone());
+        handle
+    }
+
+    pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
+        self.inner.rooms().get(id).cloned()
+    }
+
+    /// Joins (creating the room if needed). A room that closed between lookup and join is
+    /// replaced by a new one.
+    pub async fn join(
+        &self,
+        room: &RoomId,
+        role: Role,
+        offer: String,
+        summary: OfferSummary,
+    ) -> Result<JoinAnswer, RoomError> {
+        for _ in 0..3 {
+            let handle = self.get_or_create(room);
+            let result = handle
+                .request(|reply| RoomCommand::Join {
+                    role,
+                    offer: offer.clone(),
+                    summary: summary.clone(),
+                    reply,
+                })
+                .await;
+            match result {
+                Err(RoomError::Closed(_)) => {
+                    self.inner.forget(room, handle.generation);
+                    continue;
+                }
+                Ok(r) => return r,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RoomError::Closed(room.clone()))
+    }
+
+    pub async fn leave(&self, room: &RoomId, session: SessionId) -> Result<(), RoomError> {
+        let unknown = || RoomError::UnknownSession {
+            room: room.clone(),
+            session: session.to_string(),
+        };
+        let handle = self.get(room).ok_or_else(unknown)?;
+        match handle
+            .request(|reply| RoomCommand::Leave { session, reply })
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(RoomError::Closed(_)) => Err(unknown()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.inner.rooms().len()
+    }
+
+    /// Room actors still running, teardown included.
+    pub fn live_rooms(&self) -> usize {
+        self.inner.live_actors.load(Ordering::SeqCst)
+    }
+
+    pub fn peers(&self) -> &PeerFactory {
+        &self.inner.peers
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Closes every room (sessions closed, pipelines to `Null`) and waits for the actors.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = self.inner.rooms().values().cloned().collect();
+        for h in handles {
+            let _ = h.tx.send(RoomCommand::Shutdown).await;
+        }
+        for _ in 0..200 {
+            if self.live_rooms() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        tracing::warn!("some rooms did not finish closing in time");
+    }
+}
