@@ -16,6 +16,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -37,6 +38,14 @@ pub const FRAGMENTS: [(&str, &str); 5] = [
 /// Encoded composite frames buffered per codec for slow peers (about 2 s at 30 fps). A peer
 /// that falls further behind skips to the newest frames and waits for a keyframe.
 pub const FRAME_BROADCAST: usize = 64;
+/// Room pipelines not yet shut down (for teardown checks and metrics).
+static LIVE_PIPELINES: AtomicUsize = AtomicUsize::new(0);
+
+/// Room pipelines created and not yet set to `Null` by [`VideoMixer::shutdown`].
+pub fn live_pipelines() -> usize {
+    LIVE_PIPELINES.load(Ordering::SeqCst)
+}
+
 /// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect).
 pub const PLI_QUEUE: usize = 1;
 
@@ -171,6 +180,7 @@ impl VideoMixer {
             .set_state(gst::State::Playing)
             .map_err(|_| MixerError::State("room pipeline would not start"))?;
         let bus_task = spawn_bus_watch(room.clone(), &pipeline);
+        LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         Ok(Self {
             room,
             settings,
@@ -403,6 +413,7 @@ impl VideoMixer {
     /// Stops the pipeline (state `Null`) and waits for its bus watch to end.
     pub async fn shutdown(self) {
         let _ = self.pipeline.set_state(gst::State::Null);
+        LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
         self.bus_task.abort();
         let _ = self.bus_task.await;
     }

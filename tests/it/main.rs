@@ -1,2 +1,5 @@
-#[test]
-fn t() {}
+//! The one integration-test binary (linking GStreamer and webrtc into several is slow).
+
+mod common;
+mod e2e;
+mod http_api;

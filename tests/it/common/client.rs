@@ -1,0 +1,563 @@
+//! A WebRTC client built on webrtc-rs: publishes a solid colour (VP8 or H.264, encoded by
+//! GStreamer) and a sine tone (Opus), and decodes the composite and the mix it receives.
+
+use super::{Received, RgbFrame};
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use mixdown::media::VideoCodec;
+use rtc::interceptor::Registry;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::shared::marshal::Marshal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use webrtc::media_stream::Track;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+};
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// ARGB colour to publish, or no video.
+    pub colour: Option<u32>,
+    pub send_codec: VideoCodec,
+    /// Sine tone to publish, or no audio.
+    pub tone_hz: Option<f32>,
+    pub receive: bool,
+    /// Video codecs the client accepts (its offer lists only these).
+    pub codecs: Vec<VideoCodec>,
+    /// `whip` or `whep`.
+    pub endpoint: &'static str,
+}
+
+impl ClientOptions {
+    pub fn participant(colour: u32, tone_hz: f32) -> Self {
+        Self {
+            colour: Some(colour),
+            send_codec: VideoCodec::Vp8,
+            tone_hz: Some(tone_hz),
+            receive: true,
+            codecs: vec![VideoCodec::Vp8],
+            endpoint: "whip",
+        }
+    }
+
+    pub fn viewer() -> Self {
+        Self {
+            colour: None,
+            send_codec: VideoCodec::Vp8,
+            tone_hz: None,
+            receive: true,
+            codecs: vec![VideoCodec::Vp8],
+            endpoint: "whep",
+        }
+    }
+}
+
+pub struct Client {
+    pub location: String,
+    pub received: Arc<Received>,
+    pc: Box<dyn PeerConnection>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+    base: String,
+}
+
+fn codec_params(codec: VideoCodec) -> RTCRtpCodec {
+    let (mime, fmtp) = match codec {
+        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
+        VideoCodec::H264 => (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
+    };
+    RTCRtpCodec {
+        mime_type: mime.into(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: fmtp.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn opus_params() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn track(kind: RtpCodecKind, codec: RTCRtpCodec) -> Arc<TrackLocalStaticSample> {
+    Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "client".into(),
+                format!("client-{kind}"),
+                format!("client-{kind}"),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(rand::random::<u32>() | 1),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            ),
+        )
+        .unwrap(),
+    )
+}
+
+struct Handler {
+    gathered: Mutex<Option<oneshot::Sender<()>>>,
+    received: Arc<Received>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete
+            && let Some(tx) = self.gathered.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let received = self.received.clone();
+        let pipelines = self.pipelines.clone();
+        tokio::spawn(async move { receive(track, received, pipelines).await });
+    }
+}
+
+async fn receive(
+    track: Arc<dyn TrackRemote>,
+    received: Arc<Received>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+) {
+    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    let mime = track
+        .codec(ssrc)
+        .await
+        .map(|c| c.mime_type)
+        .unwrap_or_default();
+    if mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
+        let mut decoder = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
+        let mut pcm = vec![0f32; 5760];
+        while let Some(ev) = track.poll().await {
+            if let TrackRemoteEvent::OnRtpPacket(p) = ev
+                && let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false)
+            {
+                received.push_audio(&pcm[..n]);
+            }
+        }
+        return;
+    }
+    *received.video_codec.lock().unwrap() = Some(mime.clone());
+    let codec = if mime.eq_ignore_ascii_case(MIME_TYPE_H264) {
+        VideoCodec::H264
+    } else {
+        VideoCodec::Vp8
+    };
+    let mut appsrc: Option<gst_app::AppSrc> = None;
+    while let Some(ev) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(p) = ev else {
+            continue;
+        };
+        if appsrc.is_none() {
+            let (pipeline, src) = decoder(codec, p.header.payload_type, received.clone());
+            pipelines.lock().unwrap().push(pipeline);
+            appsrc = Some(src);
+        }
+        if let (Some(src), Ok(bytes)) = (&appsrc, p.marshal()) {
+            let _ = src.push_buffer(gst::Buffer::from_slice(bytes.freeze()));
+        }
+    }
+}
+
+/// appsrc (RTP) → jitter buffer → depayloader → decoder → RGB appsink.
+pub fn decoder(
+    codec: VideoCodec,
+    pt: u8,
+    received: Arc<Received>,
+) -> (gst::Pipeline, gst_app::AppSrc) {
+    let chain = match codec {
+        VideoCodec::Vp8 => "rtpvp8depay ! vp8dec",
+        VideoCodec::H264 => "rtph264depay ! h264parse ! avdec_h264",
+    };
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true ! rtpjitterbuffer latency=50 ! \
+         {chain} ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(
+        &gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("clock-rate", 90000i32)
+            .field("encoding-name", codec.encoding_name())
+            .field("payload", pt as i32)
+            .build(),
+    ));
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let caps = sample.caps().ok_or(gst::FlowError::Error)?;
+                let st = caps.structure(0).ok_or(gst::FlowError::Error)?;
+                let width = st.get::<i32>("width").map_err(|_| gst::FlowError::Error)? as u32;
+                let height = st.get::<i32>("height").map_err(|_| gst::FlowError::Error)? as u32;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                // RGB rows are padded to 4 bytes by videoconvert: repack tightly.
+                let stride = (width as usize * 3).div_ceil(4) * 4;
+                let mut data = Vec::with_capacity(width as usize * height as usize * 3);
+                for row in 0..height as usize {
+                    let start = row * stride;
+                    data.extend_from_slice(&map[start..start + width as usize * 3]);
+                }
+                received.push_frame(RgbFrame {
+                    width,
+                    height,
+                    data,
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, src)
+}
+
+/// A live GStreamer encoder of a solid colour, whose frames arrive on the returned channel.
+pub fn colour_encoder(
+    colour: u32,
+    codec: VideoCodec,
+) -> (gst::Pipeline, mpsc::Receiver<(Bytes, bool)>) {
+    let enc = match codec {
+        VideoCodec::Vp8 => {
+            "vp8enc deadline=1 cpu-used=-8 keyframe-max-dist=15 target-bitrate=300000 lag-in-frames=0"
+        }
+        VideoCodec::H264 => {
+            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=300 ! \
+             video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au"
+        }
+    };
+    let desc = format!(
+        "videotestsrc is-live=true pattern=solid-color foreground-color={colour} ! \
+         video/x-raw,width=320,height=240,framerate=15/1 ! {enc} ! appsink name=sink sync=false"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(30);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let _ = tx.try_send((Bytes::copy_from_slice(&map), key));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, rx)
+}
+
+fn sample(data: Bytes, duration: Duration) -> Sample {
+    Sample {
+        data,
+        timestamp: Instant::now(),
+        duration,
+        packet_timestamp: 0,
+        prev_dropped_packets: 0,
+        prev_padding_packets: 0,
+    }
+}
+
+impl Client {
+    /// Joins `room` on the server at `base` (`http://127.0.0.1:port`). Panics on failure.
+    pub async fn join(base: &str, room: &str, opts: ClientOptions) -> Client {
+        Self::try_join(base, room, opts)
+            .await
+            .expect("client joins")
+    }
+
+    pub async fn try_join(base: &str, room: &str, opts: ClientOptions) -> Result<Client, String> {
+        let mut engine = MediaEngine::default();
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_params(),
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )
+            .unwrap();
+        for (i, c) in opts.codecs.iter().enumerate() {
+            engine
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: codec_params(*c),
+                        payload_type: 96 + 2 * i as u8,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .unwrap();
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
+        let received = Arc::new(Received::default());
+        let pipelines = Arc::new(Mutex::new(Vec::new()));
+        let (gathered_tx, gathered_rx) = oneshot::channel();
+        let handler = Arc::new(Handler {
+            gathered: Mutex::new(Some(gathered_tx)),
+            received: received.clone(),
+            pipelines: pipelines.clone(),
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(engine)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                    .with_include_loopback_candidate(true)
+                    .build(),
+            )
+            .with_interceptor_registry(registry)
+            .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let pc: Box<dyn PeerConnection> = Box::new(pc);
+        let direction = if opts.receive {
+            RTCRtpTransceiverDirection::Sendrecv
+        } else {
+            RTCRtpTransceiverDirection::Sendonly
+        };
+        let recvonly = || {
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            })
+        };
+        let mut senders = Vec::new();
+        match opts.colour {
+            Some(_) => {
+                let t = track(RtpCodecKind::Video, codec_params(opts.send_codec));
+                pc.add_transceiver_from_track(
+                    t.clone() as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                senders.push(("video", t));
+            }
+            None if opts.receive => {
+                pc.add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {}
+        }
+        match opts.tone_hz {
+            Some(_) => {
+                let t = track(RtpCodecKind::Audio, opus_params());
+                pc.add_transceiver_from_track(
+                    t.clone() as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                senders.push(("audio", t));
+            }
+            None if opts.receive => {
+                pc.add_transceiver_from_kind(RtpCodecKind::Audio, recvonly())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {}
+        }
+        let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(5), gathered_rx)
+            .await
+            .map_err(|_| "gathering timed out".to_string())?
+            .ok();
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or("no local description")?
+            .sdp;
+        let response = reqwest::Client::new()
+            .post(format!("{base}/{}/{room}", opts.endpoint))
+            .header("Content-Type", "application/sdp")
+            .body(sdp)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            let _ = pc.close().await;
+            return Err(format!("{status}: {body}"));
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no Location")?
+            .to_owned();
+        let answer = response.text().await.map_err(|e| e.to_string())?;
+        pc.set_remote_description(
+            RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+        let mut tasks = Vec::new();
+        for (kind, t) in senders {
+            let ssrc = t.ssrcs().await[0];
+            let pt = match kind {
+                "video" => {
+                    96 + 2 * opts
+                        .codecs
+                        .iter()
+                        .position(|c| *c == opts.send_codec)
+                        .unwrap_or(0) as u8
+                }
+                _ => 111,
+            };
+            if kind == "video" {
+                let (pipeline, mut frames) = colour_encoder(opts.colour.unwrap(), opts.send_codec);
+                pipelines.lock().unwrap().push(pipeline);
+                tasks.push(tokio::spawn(async move {
+                    while let Some((data, _key)) = frames.recv().await {
+                        let _ = t
+                            .write_sample(ssrc, pt, &sample(data, Duration::from_millis(66)), &[])
+                            .await;
+                    }
+                }));
+            } else {
+                let hz = opts.tone_hz.unwrap();
+                tasks.push(tokio::spawn(async move {
+                    let mut enc =
+                        opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Audio)
+                            .unwrap();
+                    let mut out = vec![0u8; 4000];
+                    let mut phase = 0u64;
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    loop {
+                        tick.tick().await;
+                        let pcm: Vec<f32> = (0..960)
+                            .map(|i| {
+                                let n = (phase + i) as f32;
+                                0.3 * (2.0 * std::f32::consts::PI * hz * n / 48000.0).sin()
+                            })
+                            .collect();
+                        phase += 960;
+                        let n = enc.encode_float(&pcm, &mut out).unwrap();
+                        let _ = t
+                            .write_sample(
+                                ssrc,
+                                pt,
+                                &sample(
+                                    Bytes::copy_from_slice(&out[..n]),
+                                    Duration::from_millis(20),
+                                ),
+                                &[],
+                            )
+                            .await;
+                    }
+                }));
+            }
+        }
+        Ok(Client {
+            location,
+            received,
+            pc,
+            tasks,
+            pipelines,
+            base: base.to_owned(),
+        })
+    }
+
+    /// `DELETE` on the Location, then close. Returns the HTTP status.
+    pub async fn leave(self) -> u16 {
+        let status = reqwest::Client::new()
+            .delete(format!("{}{}", self.base, self.location))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        self.close().await;
+        status
+    }
+
+    /// Disappears without telling the server (like a closed tab).
+    pub async fn close(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.pc.close().await;
+        for p in self.pipelines.lock().unwrap().drain(..) {
+            let _ = p.set_state(gst::State::Null);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: a GStreamer webrtcbin client (a WebRTC stack other than webrtc-rs).

@@ -1,0 +1,149 @@
+//! End to end on loopback: real WebRTC peers publish colours and tones; the test checks what
+//! each one sees and hears.
+
+use crate::common::client::{Client, ClientOptions};
+use crate::common::{TestServer, close_to, init_logging, test_config, tone_db, wait_for};
+use std::time::{Duration, Instant};
+
+const RED: (u32, [u8; 3]) = (0xffff0000, [255, 0, 0]);
+const GREEN: (u32, [u8; 3]) = (0xff00ff00, [0, 255, 0]);
+const BLUE: (u32, [u8; 3]) = (0xff0000ff, [0, 0, 255]);
+const TONES: [f32; 3] = [500.0, 800.0, 1300.0];
+/// How far a decoded colour may drift from the sent one (two lossy encodes, I420 round trips).
+const COLOUR_TOLERANCE: f32 = 48.0;
+/// Hang guard only.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Every participant's colour covers its tile in what `viewer` decodes.
+async fn assert_tiles(
+    server: &TestServer,
+    room: &str,
+    viewer: &Client,
+    who: &[(&Client, [u8; 3])],
+) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let frame = viewer.received.frame().expect("a decoded frame");
+        let mut ok = frame.width == 640 && frame.height == 360;
+        last = format!("frame {}x{}", frame.width, frame.height);
+        for (c, rgb) in who {
+            let tile = server.tile_of(room, &c.location).await.expect("tile");
+            let mean = frame.mean(tile);
+            last.push_str(&format!("; tile {tile:?} mean {mean:?} want {rgb:?}"));
+            ok &= close_to(mean, *rgb, COLOUR_TOLERANCE);
+        }
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("colours not in their tiles: {last}");
+}
+
+/// The listener hears each of `present` and not `absent` (at least 20 dB below the others).
+fn assert_hears(who: &str, c: &Client, present: &[f32], absent: &[f32]) {
+    let audio = c.received.recent_audio(48_000);
+    assert!(audio.len() >= 24_000, "{who}: only {} samples", audio.len());
+    let weakest_present = present
+        .iter()
+        .map(|f| tone_db(&audio, *f))
+        .fold(f32::INFINITY, f32::min);
+    assert!(
+        weakest_present > -30.0,
+        "{who}: a tone is missing ({weakest_present} dB)"
+    );
+    for f in absent {
+        let own = tone_db(&audio, *f);
+        assert!(
+            weakest_present - own >= 20.0,
+            "{who}: {f} Hz at {own} dB, only {} dB under the others",
+            weakest_present - own
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "three";
+    let a = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[0])).await;
+    let b = Client::join(&base, room, ClientOptions::participant(GREEN.0, TONES[1])).await;
+    let c = Client::join(&base, room, ClientOptions::participant(BLUE.0, TONES[2])).await;
+    let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
+
+    for (name, cl) in [("a", &a), ("b", &b), ("c", &c), ("viewer", &viewer)] {
+        wait_for(&format!("{name} decodes the composite"), LIMIT, || async {
+            cl.received.frame_count() > 30 && cl.received.audio_packet_count() > 100
+        })
+        .await;
+    }
+    // Let every tile settle on its colour, then look and listen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let everyone = [(&a, RED.1), (&b, GREEN.1), (&c, BLUE.1)];
+    for cl in [&a, &b, &c, &viewer] {
+        assert_tiles(&server, room, cl, &everyone).await;
+    }
+    assert_hears("a", &a, &[TONES[1], TONES[2]], &[TONES[0]]);
+    assert_hears("b", &b, &[TONES[0], TONES[2]], &[TONES[1]]);
+    assert_hears("c", &c, &[TONES[0], TONES[1]], &[TONES[2]]);
+    assert_hears("viewer", &viewer, &TONES, &[]);
+
+    // B leaves: the grid re-lays out for two, and the others never stall.
+    let left_at = Instant::now();
+    assert_eq!(b.leave().await, 200);
+    wait_for("two tiles", LIMIT, || async {
+        server.room_info(room).await.is_some_and(|i| {
+            i["participants"]
+                .as_array()
+                .is_some_and(|p| p.iter().filter(|p| !p["tile"].is_null()).count() == 2)
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let two = [(&a, RED.1), (&c, BLUE.1)];
+    for cl in [&a, &c, &viewer] {
+        assert_tiles(&server, room, cl, &two).await;
+        let (video_gap, audio_gap) = cl.received.max_gaps(left_at);
+        assert!(
+            video_gap < Duration::from_secs(1),
+            "video stalled {video_gap:?}"
+        );
+        assert!(
+            audio_gap < Duration::from_secs(1),
+            "audio stalled {audio_gap:?}"
+        );
+    }
+    assert_hears("a after b left", &a, &[TONES[2]], &[TONES[0], TONES[1]]);
+
+    // Everyone leaves: the room, its pipeline, its tasks and its ports are gone.
+    for cl in [a, c, viewer] {
+        assert_eq!(cl.leave().await, 200);
+    }
+    let rooms = server.state.rooms.clone();
+    wait_for("room teardown", LIMIT, || async {
+        rooms.room_count() == 0 && rooms.live_rooms() == 0 && rooms.peers().ports_in_use() == 0
+    })
+    .await;
+    assert_eq!(
+        mixdown::mixer::video::live_pipelines(),
+        0,
+        "a pipeline is left"
+    );
+
+    // A new room on the same server works.
+    let d = Client::join(
+        &base,
+        "again",
+        ClientOptions::participant(GREEN.0, TONES[1]),
+    )
+    .await;
+    wait_for("the new room mixes", LIMIT, || async {
+        d.received.frame_count() > 10
+    })
+    .await;
+    assert_tiles(&server, "again", &d, &[(&d, GREEN.1)]).await;
+    d.leave().await;
+    server.stop().await;
+}
