@@ -24,7 +24,7 @@ pub const DEFAULT_AUDIO_JITTER_MS: u32 = 20;
 pub const DEFAULT_MAX_PARTICIPANTS: usize = 25;
 pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -87,18 +87,6 @@ pub struct AudioConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoomConfig {
     pub max_participants: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            rtc: RtcConfig::default(),
-            video: VideoConfig::default(),
-            audio: AudioConfig::default(),
-            room: RoomConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -198,12 +186,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.video;
         check(
-            (64..=3840).contains(&v.width) && v.width % 2 == 0,
+            (64..=3840).contains(&v.width) && v.width.is_multiple_of(2),
             "video.width",
             format!("{} must be even and within 64..=3840", v.width),
         )?;
         check(
-            (64..=2160).contains(&v.height) && v.height % 2 == 0,
+            (64..=2160).contains(&v.height) && v.height.is_multiple_of(2),
             "video.height",
             format!("{} must be even and within 64..=2160", v.height),
         )?;

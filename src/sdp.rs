@@ -162,7 +162,14 @@ pub fn parse_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
         _ => return Err(OfferError::NotSdp),
     }
     let mut session_direction = Direction::SendRecv;
-    let mut sections: Vec<(MediaKind, Option<Direction>, Vec<OfferedCodec>, bool)> = Vec::new();
+    // (kind, direction, codecs, (foreign kind, port zero))
+    type Section = (
+        MediaKind,
+        Option<Direction>,
+        Vec<OfferedCodec>,
+        (bool, bool),
+    );
+    let mut sections: Vec<Section> = Vec::new();
     let mut any_media = false;
     for (index, line) in lines {
         let line_no = index + 1;
@@ -208,12 +215,14 @@ pub fn parse_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
                     _ => None,
                 };
                 // Sections of other kinds (application) are tracked as rejected audio so that the
-                // attributes that follow do not attach to the previous section.
+                // attributes that follow do not attach to the previous section. Port 0 rejects
+                // a section unless `a=bundle-only` follows (RFC 8843): max-bundle offerers
+                // (webrtcbin, some WHIP clients) send every section but the first that way.
                 sections.push((
                     kind.unwrap_or(MediaKind::Audio),
                     None,
                     Vec::new(),
-                    kind.is_none() || port == 0,
+                    (kind.is_none(), port == 0),
                 ));
             }
             "a" => {
@@ -229,6 +238,7 @@ pub fn parse_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
                     continue;
                 };
                 match name {
+                    "bundle-only" => section.3.1 = false,
                     "rtpmap" => {
                         let codec = parse_rtpmap(arg).ok_or(OfferError::Malformed {
                             line: line_no,
@@ -259,8 +269,8 @@ pub fn parse_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
         audio: None,
         video: None,
     };
-    for (kind, direction, codecs, rejected) in sections {
-        if rejected {
+    for (kind, direction, codecs, (foreign, port_zero)) in sections {
+        if foreign || port_zero {
             continue;
         }
         let section = MediaSection {
@@ -390,6 +400,10 @@ a=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=0;profile-level-id=42e0
         assert!(parse_offer(&with_data).unwrap().audio.is_some());
         let rejected_video = BROWSER.replace("m=video 9", "m=video 0");
         assert!(parse_offer(&rejected_video).unwrap().video.is_none());
+        let bundle_only = BROWSER
+            .replace("m=video 9", "m=video 0")
+            .replace("a=mid:1", "a=mid:1\r\na=bundle-only");
+        assert!(parse_offer(&bundle_only).unwrap().video.is_some());
     }
 
     #[test]

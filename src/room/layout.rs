@@ -119,7 +119,7 @@ mod tests {
                         a.x + a.w <= w && a.y + a.h <= h,
                         "{n} tiles on {w}x{h}: {a:?}"
                     );
-                    assert!(a.x % 2 == 0 && a.y % 2 == 0 && a.w % 2 == 0 && a.h % 2 == 0);
+                    assert!([a.x, a.y, a.w, a.h].iter().all(|v| v.is_multiple_of(2)));
                     for b in &tiles[i + 1..] {
                         assert!(!overlaps(a, b), "{a:?} overlaps {b:?}");
                     }

@@ -2,7 +2,8 @@
 //! each one sees and hears.
 
 use crate::common::client::{Client, ClientOptions};
-use crate::common::{TestServer, close_to, init_logging, test_config, tone_db, wait_for};
+use crate::common::webrtcbin::WebrtcbinClient;
+use crate::common::{Received, TestServer, close_to, init_logging, test_config, tone_db, wait_for};
 use std::time::{Duration, Instant};
 
 const RED: (u32, [u8; 3]) = (0xffff0000, [255, 0, 0]);
@@ -14,20 +15,15 @@ const COLOUR_TOLERANCE: f32 = 48.0;
 /// Hang guard only.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Every participant's colour covers its tile in what `viewer` decodes.
-async fn assert_tiles(
-    server: &TestServer,
-    room: &str,
-    viewer: &Client,
-    who: &[(&Client, [u8; 3])],
-) {
+/// Every participant's colour (by WHIP `Location`) covers its tile in what `viewer` decodes.
+async fn assert_tiles(server: &TestServer, room: &str, viewer: &Received, who: &[(&str, [u8; 3])]) {
     let mut last = String::new();
     for _ in 0..50 {
-        let frame = viewer.received.frame().expect("a decoded frame");
+        let frame = viewer.frame().expect("a decoded frame");
         let mut ok = frame.width == 640 && frame.height == 360;
         last = format!("frame {}x{}", frame.width, frame.height);
-        for (c, rgb) in who {
-            let tile = server.tile_of(room, &c.location).await.expect("tile");
+        for (location, rgb) in who {
+            let tile = server.tile_of(room, location).await.expect("tile");
             let mean = frame.mean(tile);
             last.push_str(&format!("; tile {tile:?} mean {mean:?} want {rgb:?}"));
             ok &= close_to(mean, *rgb, COLOUR_TOLERANCE);
@@ -41,8 +37,8 @@ async fn assert_tiles(
 }
 
 /// The listener hears each of `present` and not `absent` (at least 20 dB below the others).
-fn assert_hears(who: &str, c: &Client, present: &[f32], absent: &[f32]) {
-    let audio = c.received.recent_audio(48_000);
+fn assert_hears(who: &str, c: &Received, present: &[f32], absent: &[f32]) {
+    let audio = c.recent_audio(48_000);
     assert!(audio.len() >= 24_000, "{who}: only {} samples", audio.len());
     let weakest_present = present
         .iter()
@@ -70,25 +66,36 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
     let room = "three";
     let a = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[0])).await;
     let b = Client::join(&base, room, ClientOptions::participant(GREEN.0, TONES[1])).await;
-    let c = Client::join(&base, room, ClientOptions::participant(BLUE.0, TONES[2])).await;
+    // The third participant runs GStreamer's webrtcbin: another WebRTC stack.
+    let c = WebrtcbinClient::join(&base, room, BLUE.0, TONES[2]).await;
     let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
 
-    for (name, cl) in [("a", &a), ("b", &b), ("c", &c), ("viewer", &viewer)] {
+    let all: [(&str, &Received); 4] = [
+        ("a", &a.received),
+        ("b", &b.received),
+        ("c (webrtcbin)", &c.received),
+        ("viewer", &viewer.received),
+    ];
+    for (name, r) in all {
         wait_for(&format!("{name} decodes the composite"), LIMIT, || async {
-            cl.received.frame_count() > 30 && cl.received.audio_packet_count() > 100
+            r.frame_count() > 30 && r.audio_packet_count() > 100
         })
         .await;
     }
     // Let every tile settle on its colour, then look and listen.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let everyone = [(&a, RED.1), (&b, GREEN.1), (&c, BLUE.1)];
-    for cl in [&a, &b, &c, &viewer] {
-        assert_tiles(&server, room, cl, &everyone).await;
+    let everyone = [
+        (a.location.as_str(), RED.1),
+        (b.location.as_str(), GREEN.1),
+        (c.location.as_str(), BLUE.1),
+    ];
+    for (_, r) in all {
+        assert_tiles(&server, room, r, &everyone).await;
     }
-    assert_hears("a", &a, &[TONES[1], TONES[2]], &[TONES[0]]);
-    assert_hears("b", &b, &[TONES[0], TONES[2]], &[TONES[1]]);
-    assert_hears("c", &c, &[TONES[0], TONES[1]], &[TONES[2]]);
-    assert_hears("viewer", &viewer, &TONES, &[]);
+    assert_hears("a", &a.received, &[TONES[1], TONES[2]], &[TONES[0]]);
+    assert_hears("b", &b.received, &[TONES[0], TONES[2]], &[TONES[1]]);
+    assert_hears("c", &c.received, &[TONES[0], TONES[1]], &[TONES[2]]);
+    assert_hears("viewer", &viewer.received, &TONES, &[]);
 
     // B leaves: the grid re-lays out for two, and the others never stall.
     let left_at = Instant::now();
@@ -102,10 +109,10 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let two = [(&a, RED.1), (&c, BLUE.1)];
-    for cl in [&a, &c, &viewer] {
-        assert_tiles(&server, room, cl, &two).await;
-        let (video_gap, audio_gap) = cl.received.max_gaps(left_at);
+    let two = [(a.location.as_str(), RED.1), (c.location.as_str(), BLUE.1)];
+    for r in [&a.received, &c.received, &viewer.received] {
+        assert_tiles(&server, room, r, &two).await;
+        let (video_gap, audio_gap) = r.max_gaps(left_at);
         assert!(
             video_gap < Duration::from_secs(1),
             "video stalled {video_gap:?}"
@@ -115,10 +122,16 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
             "audio stalled {audio_gap:?}"
         );
     }
-    assert_hears("a after b left", &a, &[TONES[2]], &[TONES[0], TONES[1]]);
+    assert_hears(
+        "a after b left",
+        &a.received,
+        &[TONES[2]],
+        &[TONES[0], TONES[1]],
+    );
 
     // Everyone leaves: the room, its pipeline, its tasks and its ports are gone.
-    for cl in [a, c, viewer] {
+    assert_eq!(c.leave().await, 200);
+    for cl in [a, viewer] {
         assert_eq!(cl.leave().await, 200);
     }
     let rooms = server.state.rooms.clone();
@@ -143,7 +156,13 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
         d.received.frame_count() > 10
     })
     .await;
-    assert_tiles(&server, "again", &d, &[(&d, GREEN.1)]).await;
+    assert_tiles(
+        &server,
+        "again",
+        &d.received,
+        &[(d.location.as_str(), GREEN.1)],
+    )
+    .await;
     d.leave().await;
     server.stop().await;
 }
