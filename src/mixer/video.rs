@@ -236,6 +236,12 @@ impl VideoMixer {
 
     fn detach(&self, slot: Slot) {
         if let Some(src) = slot.bin.static_pad("src") {
+            // Buffers the branch still pushes are dropped (flow OK), so unlinking never makes
+            // its streaming thread fail with not-linked.
+            src.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                |_, _| gst::PadProbeReturn::Drop,
+            );
             let _ = src.unlink(&slot.comp_pad);
         }
         self.compositor.release_request_pad(&slot.comp_pad);

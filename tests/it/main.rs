@@ -1,5 +1,6 @@
 //! The one integration-test binary (linking GStreamer and webrtc into several is slow).
 
+mod browser;
 mod common;
 mod e2e;
 mod http_api;

@@ -1,0 +1,123 @@
+//! A real browser: headless Chromium (Debian's package) joins a room over WHIP from a page on
+//! another origin (CORS), with fake camera and microphone, next to a webrtc-rs participant
+//! playing a tone. The page reports what Chromium decoded, from `getStats`.
+
+use crate::common::client::{Client, ClientOptions};
+use crate::common::{TestServer, init_logging, test_config, wait_for};
+use axum::routing::{get, post};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const PAGE: &str = include_str!("chromium_page.html");
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_joins_over_whip_and_decodes_the_mix() {
+    init_logging();
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
+    );
+    let server = TestServer::start(test_config()).await;
+    let room = "browser";
+    let tone = Client::join(&server.url(""), room, ClientOptions::participant(0xffff0000, 700.0)).await;
+
+    // The test page comes from another origin; the page posts its figures back here.
+    let (report_tx, mut reports) = mpsc::channel::<String>(1);
+    let page_app = axum::Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
+        .route(
+            "/report",
+            post(move |body: String| {
+                let tx = report_tx.clone();
+                async move {
+                    let _ = tx.send(body).await;
+                    ""
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_addr = listener.local_addr().unwrap();
+    let page_task = tokio::spawn(async move { axum::serve(listener, page_app).await });
+
+    let profile = std::env::temp_dir().join(format!("mixdown-chromium-{}", std::process::id()));
+    let url = format!(
+        "http://{page_addr}/?whip={}&report=http://{page_addr}/report",
+        server.url(&format!("/whip/{room}"))
+    );
+    let mut chromium = tokio::process::Command::new(CHROMIUM)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+
+    let mut joined = false;
+    let report = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                r = reports.recv() => return r,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    // While the page runs, the server must be decoding Chromium's camera.
+                    if !joined && let Some(info) = server.room_info(room).await {
+                        joined = info["participants"].as_array().is_some_and(|p| {
+                            p.iter().filter(|p| p["video_started"] == true).count() == 2
+                        });
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the page reports within 60 s")
+    .expect("a report");
+    let _ = chromium.kill().await;
+    page_task.abort();
+    let _ = std::fs::remove_dir_all(&profile);
+
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(report.get("error").is_none(), "page error: {report}");
+    assert!(joined, "the server never decoded Chromium's camera");
+    let samples = report["samples"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    let frames: Vec<u64> = samples
+        .iter()
+        .map(|s| s["framesDecoded"].as_u64().unwrap_or(0))
+        .collect();
+    let rising = frames.windows(2).rev().take(6).all(|w| w[1] > w[0]);
+    assert!(rising, "frames decoded stopped rising: {frames:?}");
+    assert_eq!(last["width"], 640, "{last}");
+    assert_eq!(last["height"], 360, "{last}");
+    assert!(
+        last["audioEnergy"].as_f64().unwrap_or(0.0) > 0.0 && last["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
+        "no audio: {last}"
+    );
+    tracing::info!(%last, "chromium report");
+
+    // The page sent DELETE: only the tone participant is left.
+    wait_for("chromium's session to end", Duration::from_secs(15), || async {
+        server
+            .room_info(room)
+            .await
+            .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
+    })
+    .await;
+    tone.leave().await;
+    server.stop().await;
+}
