@@ -20,7 +20,12 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     );
     let server = TestServer::start(test_config()).await;
     let room = "browser";
-    let tone = Client::join(&server.url(""), room, ClientOptions::participant(0xffff0000, 700.0)).await;
+    let tone = Client::join(
+        &server.url(""),
+        room,
+        ClientOptions::participant(0xffff0000, 700.0),
+    )
+    .await;
 
     // The test page comes from another origin; the page posts its figures back here.
     let (report_tx, mut reports) = mpsc::channel::<String>(1);
@@ -105,18 +110,23 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     assert_eq!(last["width"], 640, "{last}");
     assert_eq!(last["height"], 360, "{last}");
     assert!(
-        last["audioEnergy"].as_f64().unwrap_or(0.0) > 0.0 && last["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
+        last["audioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+            && last["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
         "no audio: {last}"
     );
     tracing::info!(%last, "chromium report");
 
     // The page sent DELETE: only the tone participant is left.
-    wait_for("chromium's session to end", Duration::from_secs(15), || async {
-        server
-            .room_info(room)
-            .await
-            .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
-    })
+    wait_for(
+        "chromium's session to end",
+        Duration::from_secs(15),
+        || async {
+            server
+                .room_info(room)
+                .await
+                .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
+        },
+    )
     .await;
     tone.leave().await;
     server.stop().await;

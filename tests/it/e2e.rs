@@ -166,3 +166,81 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
     d.leave().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_and_vp8_senders_share_a_room_and_an_h264_only_receiver_gets_h264() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "codecs";
+    let mut h264_only = ClientOptions::participant(GREEN.0, TONES[0]);
+    h264_only.send_codec = mixdown::media::VideoCodec::H264;
+    h264_only.codecs = vec![mixdown::media::VideoCodec::H264];
+    let x = Client::join(&base, room, h264_only).await;
+    let y = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[1])).await;
+    for r in [&x.received, &y.received] {
+        wait_for("both decode", LIMIT, || async {
+            r.frame_count() > 30 && r.audio_packet_count() > 50
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        x.received.video_codec.lock().unwrap().as_deref(),
+        Some("video/H264"),
+        "the H.264-only receiver must get H.264"
+    );
+    assert_eq!(
+        y.received.video_codec.lock().unwrap().as_deref(),
+        Some("video/VP8")
+    );
+    let both = [(x.location.as_str(), GREEN.1), (y.location.as_str(), RED.1)];
+    assert_tiles(&server, room, &x.received, &both).await;
+    assert_tiles(&server, room, &y.received, &both).await;
+    assert_hears("h264 receiver", &x.received, &[TONES[1]], &[TONES[0]]);
+    let info = server.room_info(room).await.unwrap();
+    assert_eq!(info["encoders"].as_array().unwrap().len(), 2, "{info}");
+    x.leave().await;
+    y.leave().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_participant_is_removed_and_the_mix_keeps_going() {
+    init_logging();
+    let mut config = test_config();
+    config.rtc.ice_timeout_s = 4;
+    let server = TestServer::start(config).await;
+    let base = server.url("");
+    let room = "vanish";
+    let a = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[0])).await;
+    let b = Client::join(&base, room, ClientOptions::participant(GREEN.0, TONES[1])).await;
+    wait_for("a decodes", LIMIT, || async {
+        a.received.frame_count() > 30
+    })
+    .await;
+    let gone_at = Instant::now();
+    b.close().await; // no DELETE: like a closed tab
+    wait_for("b removed", Duration::from_secs(15), || async {
+        server
+            .room_info(room)
+            .await
+            .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
+    })
+    .await;
+    let removed_after = gone_at.elapsed();
+    tracing::info!(?removed_after, "vanished participant removed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (video_gap, audio_gap) = a.received.max_gaps(gone_at);
+    assert!(
+        video_gap < Duration::from_secs(1),
+        "video stalled {video_gap:?}"
+    );
+    assert!(
+        audio_gap < Duration::from_secs(1),
+        "audio stalled {audio_gap:?}"
+    );
+    assert_tiles(&server, room, &a.received, &[(a.location.as_str(), RED.1)]).await;
+    a.leave().await;
+    server.stop().await;
+}
