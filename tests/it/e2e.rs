@@ -144,6 +144,12 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
         0,
         "a pipeline is left"
     );
+    let config = server.state.rooms.config().rtc.clone();
+    for port in config.port_min..=config.port_max {
+        // Every media socket is closed: each port of the range binds again.
+        std::net::UdpSocket::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("media port {port} still bound: {e}"));
+    }
 
     // A new room on the same server works.
     let d = Client::join(
@@ -242,5 +248,41 @@ async fn a_vanished_participant_is_removed_and_the_mix_keeps_going() {
     );
     assert_tiles(&server, room, &a.received, &[(a.location.as_str(), RED.1)]).await;
     a.leave().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_and_video_only_participants() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "partial";
+    let mut audio_only = ClientOptions::participant(0, TONES[0]);
+    audio_only.colour = None;
+    let mut video_only = ClientOptions::participant(RED.0, 0.0);
+    video_only.tone_hz = None;
+    let a = Client::join(&base, room, audio_only).await;
+    let v = Client::join(&base, room, video_only).await;
+    for r in [&a.received, &v.received] {
+        wait_for("both decode video", LIMIT, || async {
+            r.frame_count() > 30
+        })
+        .await;
+    }
+    wait_for("the video-only participant hears audio", LIMIT, || async {
+        v.received.audio_packet_count() > 100
+    })
+    .await;
+    // The audio-only participant has a visible placeholder tile (grey-blue, not black).
+    const PLACEHOLDER: [u8; 3] = [0x3a, 0x3f, 0x4b];
+    let tiles = [
+        (a.location.as_str(), PLACEHOLDER),
+        (v.location.as_str(), RED.1),
+    ];
+    assert_tiles(&server, room, &v.received, &tiles).await;
+    assert_tiles(&server, room, &a.received, &tiles).await;
+    assert_hears("video-only", &v.received, &[TONES[0]], &[]);
+    a.leave().await;
+    v.leave().await;
     server.stop().await;
 }

@@ -4,3 +4,4 @@ mod browser;
 mod common;
 mod e2e;
 mod http_api;
+mod latency;

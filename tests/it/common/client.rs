@@ -46,6 +46,9 @@ pub struct ClientOptions {
     pub codecs: Vec<VideoCodec>,
     /// `whip` or `whep`.
     pub endpoint: &'static str,
+    /// Latency markers instead of steady media: the video alternates between `colour` and
+    /// `marker_colour` every 500 ms, the audio is silence with a 40 ms 1 kHz burst every 500 ms.
+    pub marker_colour: Option<u32>,
 }
 
 impl ClientOptions {
@@ -57,6 +60,7 @@ impl ClientOptions {
             receive: true,
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whip",
+            marker_colour: None,
         }
     }
 
@@ -68,13 +72,21 @@ impl ClientOptions {
             receive: true,
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whep",
+            marker_colour: None,
         }
     }
 }
 
+/// When a colour change was handed to the transport, and the colour it changed to.
+pub type VideoMark = (Instant, [u8; 3]);
+
 pub struct Client {
     pub location: String,
     pub received: Arc<Received>,
+    /// When each video marker (first frame of a new colour) and audio marker (first frame of
+    /// a burst) was handed to the transport, with the colour the video changed to.
+    pub video_marks: Arc<Mutex<Vec<VideoMark>>>,
+    pub audio_marks: Arc<Mutex<Vec<Instant>>>,
     pc: Box<dyn PeerConnection>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
@@ -210,7 +222,7 @@ pub fn decoder(
         VideoCodec::H264 => "rtph264depay ! h264parse ! avdec_h264",
     };
     let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true ! rtpjitterbuffer latency=50 ! \
+        "appsrc name=src is-live=true format=time do-timestamp=true ! \
          {chain} ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false"
     );
     let pipeline = gst::parse::launch(&desc)
@@ -307,6 +319,80 @@ pub fn colour_encoder(
     );
     pipeline.set_state(gst::State::Playing).unwrap();
     (pipeline, rx)
+}
+
+fn rgb(argb: u32) -> [u8; 3] {
+    [(argb >> 16) as u8, (argb >> 8) as u8, argb as u8]
+}
+
+/// A solid I420 frame (BT.601) of `argb`.
+fn i420(argb: u32, w: usize, h: usize) -> Vec<u8> {
+    let [r, g, b] = rgb(argb).map(|c| c as f32);
+    let y = (0.257 * r + 0.504 * g + 0.098 * b + 16.0) as u8;
+    let u = (-0.148 * r - 0.291 * g + 0.439 * b + 128.0) as u8;
+    let v = (0.439 * r - 0.368 * g - 0.071 * b + 128.0) as u8;
+    let mut f = vec![y; w * h];
+    f.extend(std::iter::repeat_n(u, w * h / 4));
+    f.extend(std::iter::repeat_n(v, w * h / 4));
+    f
+}
+
+/// Frames per colour in marker mode (500 ms at 30 fps).
+const MARK_FRAMES: u64 = 15;
+
+/// A VP8 encoder fed with raw frames alternating between two colours, so the sender knows
+/// exactly which encoded frame is the first of a new colour.
+fn marker_encoder(
+    colours: [u32; 2],
+) -> (
+    gst::Pipeline,
+    mpsc::Receiver<(Bytes, bool)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let desc = "appsrc name=src is-live=true format=time do-timestamp=true \
+        caps=video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+        ! vp8enc deadline=1 cpu-used=-8 lag-in-frames=0 keyframe-max-dist=30 target-bitrate=300000 \
+        ! appsink name=sink sync=false";
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(30);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let _ = tx.try_send((Bytes::copy_from_slice(&map), key));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let frames = [i420(colours[0], 320, 240), i420(colours[1], 320, 240)];
+    let feeder = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+        for i in 0u64.. {
+            tick.tick().await;
+            let f = &frames[((i / MARK_FRAMES) % 2) as usize];
+            if src.push_buffer(gst::Buffer::from_slice(f.clone())).is_err() {
+                break;
+            }
+        }
+    });
+    (pipeline, rx, feeder)
 }
 
 fn sample(data: Bytes, duration: Duration) -> Sample {
@@ -472,6 +558,8 @@ impl Client {
         .map_err(|e| e.to_string())?;
 
         let mut tasks = Vec::new();
+        let video_marks = Arc::new(Mutex::new(Vec::new()));
+        let audio_marks = Arc::new(Mutex::new(Vec::new()));
         for (kind, t) in senders {
             let ssrc = t.ssrcs().await[0];
             let pt = match kind {
@@ -485,17 +573,39 @@ impl Client {
                 _ => 111,
             };
             if kind == "video" {
-                let (pipeline, mut frames) = colour_encoder(opts.colour.unwrap(), opts.send_codec);
+                let (pipeline, mut frames, feeder) = match opts.marker_colour {
+                    Some(second) => {
+                        let (p, rx, feeder) = marker_encoder([opts.colour.unwrap(), second]);
+                        (p, rx, Some(feeder))
+                    }
+                    None => {
+                        let (p, rx) = colour_encoder(opts.colour.unwrap(), opts.send_codec);
+                        (p, rx, None)
+                    }
+                };
                 pipelines.lock().unwrap().push(pipeline);
+                tasks.extend(feeder);
+                let marks = video_marks.clone();
+                let colours = [opts.colour.unwrap(), opts.marker_colour.unwrap_or(0)];
+                let markers = opts.marker_colour.is_some();
                 tasks.push(tokio::spawn(async move {
+                    let mut index = 0u64;
                     while let Some((data, _key)) = frames.recv().await {
+                        let d = if markers { 33 } else { 66 };
                         let _ = t
-                            .write_sample(ssrc, pt, &sample(data, Duration::from_millis(66)), &[])
+                            .write_sample(ssrc, pt, &sample(data, Duration::from_millis(d)), &[])
                             .await;
+                        if markers && index > 0 && index.is_multiple_of(MARK_FRAMES) {
+                            let colour = colours[((index / MARK_FRAMES) % 2) as usize];
+                            marks.lock().unwrap().push((Instant::now(), rgb(colour)));
+                        }
+                        index += 1;
                     }
                 }));
             } else {
                 let hz = opts.tone_hz.unwrap();
+                let markers = opts.marker_colour.is_some();
+                let marks = audio_marks.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut enc =
                         opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Audio)
@@ -505,10 +615,17 @@ impl Client {
                     let mut tick = tokio::time::interval(Duration::from_millis(20));
                     loop {
                         tick.tick().await;
+                        let frame = phase / 960;
+                        // Markers: 2 loud frames out of every 25 (40 ms every 500 ms).
+                        let amplitude = match (markers, frame % 25) {
+                            (false, _) => 0.3,
+                            (true, 0 | 1) => 0.5,
+                            (true, _) => 0.0,
+                        };
                         let pcm: Vec<f32> = (0..960)
                             .map(|i| {
                                 let n = (phase + i) as f32;
-                                0.3 * (2.0 * std::f32::consts::PI * hz * n / 48000.0).sin()
+                                amplitude * (2.0 * std::f32::consts::PI * hz * n / 48000.0).sin()
                             })
                             .collect();
                         phase += 960;
@@ -524,6 +641,9 @@ impl Client {
                                 &[],
                             )
                             .await;
+                        if markers && frame.is_multiple_of(25) && frame > 0 {
+                            marks.lock().unwrap().push(Instant::now());
+                        }
                     }
                 }));
             }
@@ -531,6 +651,8 @@ impl Client {
         Ok(Client {
             location,
             received,
+            video_marks,
+            audio_marks,
             pc,
             tasks,
             pipelines,

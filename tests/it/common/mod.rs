@@ -155,6 +155,11 @@ pub struct Received {
     pub audio: Mutex<VecDeque<f32>>,
     pub audio_packets: Mutex<Vec<Instant>>,
     pub video_codec: Mutex<Option<String>>,
+    /// A rectangle whose mean colour is logged for every decoded frame (latency probes).
+    pub watch: Mutex<Option<[u32; 4]>>,
+    pub colours: Mutex<Vec<(Instant, [f32; 3])>>,
+    /// RMS of every received audio packet, with its arrival time.
+    pub loudness: Mutex<Vec<(Instant, f32)>>,
 }
 
 /// Audio kept per client for analysis: 2 s at 48 kHz.
@@ -162,11 +167,17 @@ const AUDIO_KEPT: usize = 96_000;
 
 impl Received {
     pub fn push_frame(&self, f: RgbFrame) {
+        let now = Instant::now();
+        if let Some(rect) = *self.watch.lock().unwrap() {
+            self.colours.lock().unwrap().push((now, f.mean(rect)));
+        }
         *self.last_frame.lock().unwrap() = Some(f);
-        self.frames.lock().unwrap().push(Instant::now());
+        self.frames.lock().unwrap().push(now);
     }
 
     pub fn push_audio(&self, pcm: &[f32]) {
+        let rms = (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len().max(1) as f32).sqrt();
+        self.loudness.lock().unwrap().push((Instant::now(), rms));
         let mut a = self.audio.lock().unwrap();
         a.extend(pcm);
         let excess = a.len().saturating_sub(AUDIO_KEPT);
