@@ -286,3 +286,51 @@ async fn audio_only_and_video_only_participants() {
     v.leave().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_input_never_breaks_the_mix_for_the_others() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "corrupt";
+    let good = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[0])).await;
+    let mut bad = ClientOptions::participant(GREEN.0, TONES[1]);
+    bad.corrupt_video = true;
+    let bad = Client::join(&base, room, bad).await;
+    // OBS-style: publishes only, receives nothing.
+    let mut publisher = ClientOptions::participant(BLUE.0, TONES[2]);
+    publisher.receive = false;
+    let publisher = Client::join(&base, room, publisher).await;
+    let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
+    wait_for("the viewer decodes", LIMIT, || async {
+        viewer.received.frame_count() > 30 && viewer.received.audio_packet_count() > 100
+    })
+    .await;
+    let watch_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let healthy = [
+        (good.location.as_str(), RED.1),
+        (publisher.location.as_str(), BLUE.1),
+    ];
+    assert_tiles(&server, room, &viewer.received, &healthy).await;
+    assert_tiles(&server, room, &good.received, &healthy).await;
+    let (video_gap, audio_gap) = viewer.received.max_gaps(watch_from);
+    assert!(
+        video_gap < Duration::from_millis(500),
+        "video stalled {video_gap:?}"
+    );
+    assert!(
+        audio_gap < Duration::from_millis(500),
+        "audio stalled {audio_gap:?}"
+    );
+    assert_hears("good", &good.received, &[TONES[1], TONES[2]], &[TONES[0]]);
+    assert_eq!(
+        publisher.received.frame_count() + publisher.received.audio_packet_count(),
+        0,
+        "a send-only publisher receives nothing"
+    );
+    for c in [good, bad, publisher, viewer] {
+        assert_eq!(c.leave().await, 200);
+    }
+    server.stop().await;
+}

@@ -49,6 +49,9 @@ pub struct ClientOptions {
     /// Latency markers instead of steady media: the video alternates between `colour` and
     /// `marker_colour` every 500 ms, the audio is silence with a 40 ms 1 kHz burst every 500 ms.
     pub marker_colour: Option<u32>,
+    /// Corrupt every second video frame (random bytes after the first 10), as a broken
+    /// encoder or a hostile client would.
+    pub corrupt_video: bool,
 }
 
 impl ClientOptions {
@@ -61,6 +64,7 @@ impl ClientOptions {
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whip",
             marker_colour: None,
+            corrupt_video: false,
         }
     }
 
@@ -73,6 +77,7 @@ impl ClientOptions {
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whep",
             marker_colour: None,
+            corrupt_video: false,
         }
     }
 }
@@ -588,9 +593,17 @@ impl Client {
                 let marks = video_marks.clone();
                 let colours = [opts.colour.unwrap(), opts.marker_colour.unwrap_or(0)];
                 let markers = opts.marker_colour.is_some();
+                let corrupt = opts.corrupt_video;
                 tasks.push(tokio::spawn(async move {
                     let mut index = 0u64;
-                    while let Some((data, _key)) = frames.recv().await {
+                    while let Some((mut data, _key)) = frames.recv().await {
+                        if corrupt && index % 2 == 1 && data.len() > 10 {
+                            let mut bad = data.to_vec();
+                            for b in &mut bad[10..] {
+                                *b = rand::random();
+                            }
+                            data = Bytes::from(bad);
+                        }
                         let d = if markers { 33 } else { 66 };
                         let _ = t
                             .write_sample(ssrc, pt, &sample(data, Duration::from_millis(d)), &[])
