@@ -264,11 +264,6 @@ impl Config {
         )?;
         Ok(())
     }
-
-    /// The number of peer connections the port range can hold.
-    pub fn port_count(&self) -> usize {
-        (self.rtc.port_max - self.rtc.port_min) as usize + 1
-    }
 }
 
 #[cfg(test)]

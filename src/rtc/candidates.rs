@@ -1,31 +1,41 @@
 //! Pure SDP rewriting for 1:1 NAT: webrtc-rs 0.21 ignores its own NAT 1:1 setting, so the
 //! answer's host candidates (and connection lines) are rewritten to the public address here.
+//! With a wildcard bind every interface yields a host candidate on the same port; after the
+//! rewrite they are identical, so only the first is kept.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
-/// Replaces `from` with `to` in every `a=candidate` address and `c=` line of `sdp`.
-pub fn rewrite_candidates(sdp: &str, from: IpAddr, to: IpAddr) -> String {
-    let from_s = from.to_string();
-    let to_s = to.to_string();
+/// Puts `public` in every host candidate and `c=` line of `sdp`.
+pub fn rewrite_candidates(sdp: &str, public: IpAddr) -> String {
+    let public_s = public.to_string();
+    let family = if public.is_ipv4() { "IP4" } else { "IP6" };
+    let mut seen = HashSet::new();
     let mut out = String::with_capacity(sdp.len() + 64);
     for line in sdp.split_inclusive('\n') {
         let body = line.trim_end_matches(['\r', '\n']);
         let ending = &line[body.len()..];
         if let Some(rest) = body.strip_prefix("a=candidate:") {
             let mut fields: Vec<&str> = rest.split(' ').collect();
-            if fields.len() > 4 && fields[4] == from_s {
-                fields[4] = &to_s;
+            // foundation component transport priority address port "typ" type ...
+            if fields.len() > 7 && fields[6] == "typ" && fields[7] == "host" {
+                fields[4] = &public_s;
+                let key = (
+                    fields[1].to_owned(),
+                    fields[2].to_ascii_lowercase(),
+                    fields[5].to_owned(),
+                );
+                if !seen.insert(key) {
+                    continue;
+                }
             }
             out.push_str("a=candidate:");
             out.push_str(&fields.join(" "));
-        } else if let Some(rest) = body.strip_prefix("c=IN ") {
-            let mut fields: Vec<&str> = rest.split(' ').collect();
-            if fields.len() == 2 && fields[1] == from_s {
-                fields[0] = if to.is_ipv4() { "IP4" } else { "IP6" };
-                fields[1] = &to_s;
-            }
+        } else if body.starts_with("c=IN ") {
             out.push_str("c=IN ");
-            out.push_str(&fields.join(" "));
+            out.push_str(family);
+            out.push(' ');
+            out.push_str(&public_s);
         } else {
             out.push_str(body);
         }
@@ -39,20 +49,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rewrites_only_the_bound_address() {
+    fn host_candidates_get_the_public_address_once() {
         let sdp = "v=0\r\nc=IN IP4 10.0.0.5\r\n\
 a=candidate:1 1 udp 2130706431 10.0.0.5 20000 typ host\r\n\
-a=candidate:2 1 udp 2130706431 192.168.1.9 20000 typ host\r\na=mid:0\r\n";
-        let out = rewrite_candidates(
-            sdp,
-            "10.0.0.5".parse().unwrap(),
-            "203.0.113.7".parse().unwrap(),
-        );
+a=candidate:2 1 udp 2130706431 192.168.1.9 20000 typ host\r\n\
+a=candidate:3 1 udp 1694498815 198.51.100.1 40000 typ srflx raddr 0.0.0.0 rport 20000\r\n\
+a=mid:0\r\n";
+        let out = rewrite_candidates(sdp, "203.0.113.7".parse().unwrap());
         assert_eq!(
             out,
             "v=0\r\nc=IN IP4 203.0.113.7\r\n\
 a=candidate:1 1 udp 2130706431 203.0.113.7 20000 typ host\r\n\
-a=candidate:2 1 udp 2130706431 192.168.1.9 20000 typ host\r\na=mid:0\r\n"
+a=candidate:3 1 udp 1694498815 198.51.100.1 40000 typ srflx raddr 0.0.0.0 rport 20000\r\n\
+a=mid:0\r\n"
         );
+    }
+
+    #[test]
+    fn malformed_candidates_pass_through() {
+        let sdp = "a=candidate:1 1 udp\r\na=candidate:\r\n";
+        assert_eq!(rewrite_candidates(sdp, "203.0.113.7".parse().unwrap()), sdp);
     }
 }

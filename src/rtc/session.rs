@@ -285,7 +285,7 @@ impl PeerFactory {
 
         let mut last_error = String::from("no attempt");
         let mut built = None;
-        for _ in 0..BIND_ATTEMPTS_LOCAL {
+        for _ in 0..super::BIND_ATTEMPTS {
             let lease = self.ports.lease().ok_or(RtcError::NoPort {
                 min: s.port_min,
                 max: s.port_max,
@@ -397,7 +397,7 @@ impl PeerFactory {
             .ok_or(RtcError::Gathering)?;
         let mut sdp = local.sdp;
         if let Some(public) = s.public_ip {
-            sdp = rewrite_candidates(&sdp, s.bind_ip, public);
+            sdp = rewrite_candidates(&sdp, public);
         }
 
         for (track, sender, writer) in writers {
@@ -436,8 +436,6 @@ impl PeerFactory {
         Ok((session, sdp))
     }
 }
-
-const BIND_ATTEMPTS_LOCAL: usize = super::BIND_ATTEMPTS;
 
 enum Writer {
     Video(VideoCodec, broadcast::Receiver<EncodedFrame>),

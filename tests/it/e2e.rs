@@ -334,3 +334,39 @@ async fn a_corrupt_input_never_breaks_the_mix_for_the_others() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_receiver_gets_a_keyframe_on_demand() {
+    init_logging();
+    let mut config = test_config();
+    // Periodic keyframes only every minute: a late joiner depends on a forced one.
+    config.video.keyframe_interval_s = 60;
+    let server = TestServer::start(config).await;
+    let base = server.url("");
+    let room = "late";
+    let a = Client::join(&base, room, ClientOptions::participant(RED.0, TONES[0])).await;
+    wait_for("a decodes", LIMIT, || async {
+        a.received.frame_count() > 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let joined = Instant::now();
+    let late = Client::join(&base, room, ClientOptions::viewer()).await;
+    wait_for(
+        "the late viewer decodes",
+        Duration::from_secs(10),
+        || async { late.received.frame_count() > 0 },
+    )
+    .await;
+    tracing::info!(first_frame_after = ?joined.elapsed(), "late viewer");
+    assert_tiles(
+        &server,
+        room,
+        &late.received,
+        &[(a.location.as_str(), RED.1)],
+    )
+    .await;
+    a.leave().await;
+    late.leave().await;
+    server.stop().await;
+}
