@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 ARGS ?=
 
-.PHONY: run test deps test-deps build lint
+.PHONY: run test deps test-deps build lint bench
 
 deps:
 	bash scripts/install-deps.sh
@@ -22,9 +22,17 @@ run: build
 # Unit tests first (fast), then the one integration-test binary, one test at a time: the
 # end-to-end tests encode and decode video and share two cores.
 test: test-deps
-	cargo test --locked --lib --bins
+	cargo test --locked --workspace --lib --bins
 	cargo test --locked --test it -- --test-threads=1
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Benchmarks (issue: CPU, latency, capacity): builds release binaries, generates and caches the
+# media clips in bench/cache, runs every scenario (median of 3 runs) and writes BENCHMARKS.md
+# with bench/*.png plots. About 12 minutes on two cores.
+bench: deps
+	bash scripts/install-deps.sh --bench
+	cargo build --release --locked -p mixdown -p mixdown-bench
+	./target/release/mixdown-bench --server target/release/mixdown --cache bench/cache --out BENCHMARKS.md

@@ -10,10 +10,10 @@ PKGS=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
   libvpx-dev libopus-dev
 )
-if [[ "${1:-}" == "--test" ]]; then
-  # Test-only: a real browser peer.
-  PKGS+=(chromium)
-fi
+case "${1:-}" in
+  --test) PKGS+=(chromium) ;;       # a real browser peer for the tests
+  --bench) PKGS+=(gnuplot-nox) ;;   # the plots in BENCHMARKS.md
+esac
 
 missing=()
 for p in "${PKGS[@]}"; do

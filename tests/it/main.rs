@@ -1,5 +1,6 @@
 //! The one integration-test binary (linking GStreamer and webrtc into several is slow).
 
+mod bench_smoke;
 mod browser;
 mod common;
 mod e2e;

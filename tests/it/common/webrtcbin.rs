@@ -1,12 +1,12 @@
 //! A WebRTC client on GStreamer's webrtcbin (libnice ICE, its own DTLS/SRTP): a stack other
 //! than webrtc-rs. Publishes a colour and a tone over WHIP and decodes what it receives.
 
-use super::{Received, RgbFrame};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
+use mixdown_bench::received::{Received, RgbFrame};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;

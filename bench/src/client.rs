@@ -1,7 +1,8 @@
 //! A WebRTC client built on webrtc-rs: publishes a solid colour (VP8 or H.264, encoded by
 //! GStreamer) and a sine tone (Opus), and decodes the composite and the mix it receives.
 
-use super::{Received, RgbFrame};
+use crate::media::Clips;
+use crate::received::{Received, RgbFrame};
 use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -52,6 +53,13 @@ pub struct ClientOptions {
     /// Corrupt every second video frame (random bytes after the first 10), as a broken
     /// encoder or a hostile client would.
     pub corrupt_video: bool,
+    /// Send pre-encoded clips (video of `send_codec`, speech) instead of live sources; the
+    /// clip markers are recorded in `video_marks`/`audio_marks`.
+    pub clips: Option<Arc<Clips>>,
+    /// Decode what is received (false: only count packets and log frame arrivals).
+    pub decode: bool,
+    /// With `clips`: keep the audio markers audible (one participant per room should).
+    pub clip_markers: bool,
 }
 
 impl ClientOptions {
@@ -65,6 +73,9 @@ impl ClientOptions {
             endpoint: "whip",
             marker_colour: None,
             corrupt_video: false,
+            clips: None,
+            decode: true,
+            clip_markers: false,
         }
     }
 
@@ -78,6 +89,9 @@ impl ClientOptions {
             endpoint: "whep",
             marker_colour: None,
             corrupt_video: false,
+            clips: None,
+            decode: true,
+            clip_markers: false,
         }
     }
 }
@@ -152,6 +166,7 @@ struct Handler {
     gathered: Mutex<Option<oneshot::Sender<()>>>,
     received: Arc<Received>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+    decode: bool,
 }
 
 #[async_trait::async_trait]
@@ -167,7 +182,8 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = self.received.clone();
         let pipelines = self.pipelines.clone();
-        tokio::spawn(async move { receive(track, received, pipelines).await });
+        let decode = self.decode;
+        tokio::spawn(async move { receive(track, received, pipelines, decode).await });
     }
 }
 
@@ -175,6 +191,7 @@ async fn receive(
     track: Arc<dyn TrackRemote>,
     received: Arc<Received>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+    decode: bool,
 ) {
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let mime = track
@@ -186,10 +203,12 @@ async fn receive(
         let mut decoder = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
         let mut pcm = vec![0f32; 5760];
         while let Some(ev) = track.poll().await {
-            if let TrackRemoteEvent::OnRtpPacket(p) = ev
-                && let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false)
-            {
-                received.push_audio(&pcm[..n]);
+            if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                if !decode {
+                    received.audio_packets.lock().unwrap().push(Instant::now());
+                } else if let Ok(n) = decoder.decode_float(&p.payload, &mut pcm, false) {
+                    received.push_audio(&pcm[..n]);
+                }
             }
         }
         return;
@@ -205,6 +224,16 @@ async fn receive(
         let TrackRemoteEvent::OnRtpPacket(p) = ev else {
             continue;
         };
+        if p.header.marker {
+            received
+                .rtp_frames
+                .lock()
+                .unwrap()
+                .push((Instant::now(), p.header.timestamp));
+        }
+        if !decode {
+            continue;
+        }
         if appsrc.is_none() {
             let (pipeline, src) = decoder(codec, p.header.payload_type, received.clone());
             pipelines.lock().unwrap().push(pipeline);
@@ -449,6 +478,7 @@ impl Client {
             gathered: Mutex::new(Some(gathered_tx)),
             received: received.clone(),
             pipelines: pipelines.clone(),
+            decode: opts.decode,
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -577,6 +607,52 @@ impl Client {
                 }
                 _ => 111,
             };
+            if let Some(clips) = opts.clips.clone() {
+                let (clip, marks_v, marks_a) = match kind {
+                    "video" => (
+                        match opts.send_codec {
+                            VideoCodec::Vp8 => clips.vp8.clone(),
+                            VideoCodec::H264 => clips.h264.clone(),
+                        },
+                        Some(video_marks.clone()),
+                        None,
+                    ),
+                    _ => (clips.speech.clone(), None, Some(audio_marks.clone())),
+                };
+                let marked = opts.clip_markers || kind == "video";
+                tasks.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(clip.frame_duration);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    for i in 0usize.. {
+                        tick.tick().await;
+                        let mut frame = &clip.frames[i % clip.frames.len()];
+                        // Only a marked participant's audio markers are audible: the others
+                        // replace the marker packets by speech from 200 ms later.
+                        if !marked && frame.marker {
+                            frame = &clip.frames[(i + 10) % clip.frames.len()];
+                        }
+                        let frame = frame;
+                        let _ = t
+                            .write_sample(
+                                ssrc,
+                                pt,
+                                &sample(frame.data.clone(), clip.frame_duration),
+                                &[],
+                            )
+                            .await;
+                        if frame.marker && i > 0 {
+                            let now = Instant::now();
+                            if let Some(m) = &marks_v {
+                                m.lock().unwrap().push((now, [255, 255, 255]));
+                            }
+                            if let Some(m) = &marks_a {
+                                m.lock().unwrap().push(now);
+                            }
+                        }
+                    }
+                }));
+                continue;
+            }
             if kind == "video" {
                 let (pipeline, mut frames, feeder) = match opts.marker_colour {
                     Some(second) => {

@@ -1,0 +1,9 @@
+//! Mixdown's load generator and benchmark harness, and the WebRTC client the integration
+//! tests share with it: synthetic participants that join over WHIP/WHEP like any client.
+
+pub mod client;
+pub mod measure;
+pub mod media;
+pub mod received;
+pub mod report;
+pub mod run;

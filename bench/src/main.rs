@@ -1,0 +1,118 @@
+//! `mixdown-bench`: runs the benchmark scenarios against a `mixdown` binary and writes
+//! `BENCHMARKS.md` with its plots. See `make bench`.
+
+use clap::Parser;
+use mixdown::media::VideoCodec;
+use mixdown_bench::media::load_or_generate;
+use mixdown_bench::report::{Plan, plots, run_plan};
+use mixdown_bench::run::Timing;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Benchmarks Mixdown: CPU, memory, pacing and latency under synthetic WebRTC load, side by side
+/// with a bare gst-launch-1.0 pipeline doing the same video work.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The server binary to measure.
+    #[arg(long, default_value = "target/release/mixdown")]
+    server: PathBuf,
+    /// Where generated media is cached.
+    #[arg(long, default_value = "bench/cache")]
+    cache: PathBuf,
+    /// The report to write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Where the plots go (PNG); the report links them relative to its own folder.
+    #[arg(long, default_value = "bench")]
+    plots: PathBuf,
+    /// Runs per scenario (the report gives medians).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A tiny run that only checks the harness works (one run of two participants).
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rtc=error,webrtc=error".into()),
+        )
+        .init();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let (plan, seconds) = if cli.smoke {
+        (
+            Plan {
+                server_bin: cli.server.clone(),
+                timing: Timing {
+                    warmup: Duration::from_secs(2),
+                    window: Duration::from_secs(2),
+                },
+                runs: 1,
+                rooms: vec![(2, VideoCodec::Vp8)],
+                bare: vec![2],
+                capacity: vec![],
+                idle_rooms: 2,
+                command,
+            },
+            6,
+        )
+    } else {
+        (
+            Plan {
+                server_bin: cli.server.clone(),
+                timing: Timing {
+                    warmup: Duration::from_secs(4),
+                    window: Duration::from_secs(10),
+                },
+                runs: cli.runs,
+                rooms: vec![
+                    (4, VideoCodec::Vp8),
+                    (9, VideoCodec::Vp8),
+                    (4, VideoCodec::H264),
+                    (9, VideoCodec::H264),
+                ],
+                bare: vec![4, 9],
+                capacity: vec![12, 16, 20],
+                idle_rooms: 50,
+                command,
+            },
+            20,
+        )
+    };
+    let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);
+    eprintln!(
+        "clips: {} VP8, {} H.264 frames, {} Opus packets",
+        clips.vp8.frames.len(),
+        clips.h264.frames.len(),
+        clips.speech.frames.len()
+    );
+    let report = run_plan(&plan, &clips).await;
+    if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::create_dir_all(&cli.plots)?;
+    let pngs: Vec<String> = plots(&report, &cli.plots)
+        .into_iter()
+        .map(|f| {
+            let path = cli.plots.join(f);
+            let base = cli.out.parent().unwrap_or(std::path::Path::new(""));
+            path.strip_prefix(base)
+                .unwrap_or(&path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    let md = report.markdown(&plan, &pngs);
+    std::fs::write(&cli.out, &md)?;
+    print!("{md}");
+    if !report.errors.is_empty() {
+        anyhow::bail!("{} runs failed", report.errors.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! Running the whole suite and writing `BENCHMARKS.md` (machine, command, table) with its
+//! plots (PNG, drawn by gnuplot when it is installed).
+
+use crate::measure::{median, quantile};
+use crate::media::Clips;
+use crate::run::{RunResult, Timing, bare_run, idle_run, server_run};
+use mixdown::media::VideoCodec;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Capacity criteria (issue targets): 30 fps, at most 1 % late frames, within 1.6 cores.
+pub const CAPACITY_MIN_FPS: f64 = 29.0;
+pub const CAPACITY_MAX_LATE: f64 = 0.01;
+pub const CAPACITY_MAX_CORES: f64 = 1.6;
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub server_bin: PathBuf,
+    pub timing: Timing,
+    pub runs: usize,
+    /// (participants, output codec)
+    pub rooms: Vec<(usize, VideoCodec)>,
+    pub bare: Vec<usize>,
+    pub capacity: Vec<usize>,
+    pub idle_rooms: usize,
+    pub command: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub participants: usize,
+    pub runs: Vec<RunResult>,
+}
+
+impl Row {
+    fn med(&self, f: impl Fn(&RunResult) -> f64) -> Option<f64> {
+        median(
+            &self
+                .runs
+                .iter()
+                .map(f)
+                .filter(|v| v.is_finite())
+                .collect::<Vec<_>>(),
+        )
+    }
+    fn pooled(&self, f: impl Fn(&RunResult) -> &Vec<f64>) -> Vec<f64> {
+        self.runs
+            .iter()
+            .flat_map(|r| f(r).iter().copied())
+            .collect()
+    }
+    pub fn cpu(&self) -> Option<f64> {
+        self.med(|r| r.cpu_cores)
+    }
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub bare: Vec<Row>,
+    pub capacity: Option<usize>,
+    pub capacity_rows: Vec<Row>,
+    pub idle: Option<Row>,
+    pub errors: Vec<String>,
+}
+
+/// Media ports for run `i`, so that consecutive servers never share ports.
+fn ports(i: usize) -> (u16, u16) {
+    let base = 22000 + ((i % 40) as u16) * 200;
+    (base, base + 199)
+}
+
+pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
+    let mut counter = 0usize;
+    let mut next_ports = || {
+        counter += 1;
+        ports(counter)
+    };
+    let mut errors = Vec::new();
+    let mut rows = Vec::new();
+    for (n, out) in &plan.rooms {
+        let mut row = Row {
+            name: format!("{n} participants, VP8 360p in, {} 720p30 out", out),
+            participants: *n,
+            runs: Vec::new(),
+        };
+        for _ in 0..plan.runs {
+            match server_run(
+                &plan.server_bin,
+                clips,
+                *n,
+                *out,
+                &plan.timing,
+                next_ports(),
+            )
+            .await
+            {
+                Ok(r) => row.runs.push(r),
+                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
+            }
+        }
+        rows.push(row);
+    }
+    let mut bare = Vec::new();
+    for n in &plan.bare {
+        let mut row = Row {
+            name: format!("bare gst-launch-1.0, {n} × VP8 360p → VP8 720p30"),
+            participants: *n,
+            runs: Vec::new(),
+        };
+        for _ in 0..plan.runs {
+            match bare_run(&clips.vp8.path, *n, VideoCodec::Vp8, &plan.timing).await {
+                Ok(r) => row.runs.push(r),
+                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
+            }
+        }
+        bare.push(row);
+    }
+    let mut capacity = None;
+    let mut capacity_rows = Vec::new();
+    for n in &plan.capacity {
+        let mut row = Row {
+            name: format!("capacity probe: {n} participants, VP8 out"),
+            participants: *n,
+            runs: Vec::new(),
+        };
+        for _ in 0..plan.runs {
+            match server_run(
+                &plan.server_bin,
+                clips,
+                *n,
+                VideoCodec::Vp8,
+                &plan.timing,
+                next_ports(),
+            )
+            .await
+            {
+                Ok(r) => row.runs.push(r),
+                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
+            }
+        }
+        let ok = row.cpu().is_some_and(|c| c <= CAPACITY_MAX_CORES)
+            && row.med(|r| r.fps).is_some_and(|f| f >= CAPACITY_MIN_FPS)
+            && row
+                .med(|r| r.late_share)
+                .is_some_and(|l| l <= CAPACITY_MAX_LATE);
+        if ok {
+            capacity = Some(*n);
+        }
+        capacity_rows.push(row);
+    }
+    let idle = if plan.idle_rooms > 0 {
+        let mut row = Row {
+            name: format!("{} idle rooms (everyone left)", plan.idle_rooms),
+            participants: 0,
+            runs: Vec::new(),
+        };
+        for _ in 0..plan.runs {
+            match idle_run(
+                &plan.server_bin,
+                clips,
+                plan.idle_rooms,
+                &plan.timing,
+                next_ports(),
+            )
+            .await
+            {
+                Ok(r) => row.runs.push(r),
+                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
+            }
+        }
+        Some(row)
+    } else {
+        None
+    };
+    Report {
+        rows,
+        bare,
+        capacity,
+        capacity_rows,
+        idle,
+        errors,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|k| format!("{:.0} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem}")
+}
+
+impl Report {
+    /// The Markdown report; `plots` names the PNG files written beside it (if any).
+    pub fn markdown(&self, plan: &Plan, plots: &[String]) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Mixdown benchmarks\n");
+        let _ = writeln!(md, "Machine: {}.  ", machine());
+        let _ = writeln!(md, "Command: `{}`.  ", plan.command);
+        let _ = writeln!(
+            md,
+            "Each figure is the median of {} runs; each run measures a {:.0} s window after {:.0} s \
+             of warm-up. Server CPU is user+system time of the `mixdown` process from \
+             `/proc/<pid>/stat` (1.0 = one core); the load generator runs in another process. \
+             Latency is marker to probe on loopback (video: a patch that turns white, seen in the \
+             composite by a decoding WHEP probe; audio: a 3 kHz burst found in the probe's mix), so \
+             it includes loopback transport and the probe's decode. Late frames: more than 10 ms \
+             behind the RTP timeline at the probe.\n",
+            plan.runs,
+            plan.timing.window.as_secs_f64(),
+            plan.timing.warmup.as_secs_f64()
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | server CPU (cores) | RSS (MiB) | fps | late frames | video latency p50 / p99 (ms) | audio latency p50 / p99 (ms) | join → first frame p50 (ms) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for row in self.rows.iter().chain(&self.capacity_rows) {
+            let v = row.pooled(|r| &r.video_latency_ms);
+            let a = row.pooled(|r| &r.audio_latency_ms);
+            let j = row.pooled(|r| &r.join_ms);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+                row.name,
+                fmt(row.cpu(), 2),
+                fmt(row.med(|r| r.rss_mib), 0),
+                fmt(row.med(|r| r.fps), 1),
+                fmt(row.med(|r| r.late_share * 100.0), 1) + " %",
+                fmt(quantile(&v, 0.5), 0),
+                fmt(quantile(&v, 0.99), 0),
+                fmt(quantile(&a, 0.5), 0),
+                fmt(quantile(&a, 0.99), 0),
+                fmt(quantile(&j, 0.5), 0),
+            );
+        }
+        for row in self.bare.iter().chain(&self.idle) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | – | – | – | – | – |",
+                row.name,
+                fmt(row.cpu(), 2),
+                fmt(row.med(|r| r.rss_mib), 0)
+            );
+        }
+        let _ = writeln!(md);
+        for b in &self.bare {
+            let server = self
+                .rows
+                .iter()
+                .find(|r| r.participants == b.participants && r.name.contains("VP8 720p30"));
+            if let (Some(s), Some(sc), Some(bc)) = (server, server.and_then(Row::cpu), b.cpu()) {
+                let _ = writeln!(
+                    md,
+                    "Server ÷ bare pipeline, {} participants: {:.2} ({}: {:.2} cores, bare: {:.2}).  ",
+                    b.participants,
+                    sc / bc,
+                    s.name,
+                    sc,
+                    bc
+                );
+            }
+        }
+        if !self.capacity_rows.is_empty() {
+            let _ = writeln!(
+                md,
+                "Capacity (largest room probed with ≥ {CAPACITY_MIN_FPS} fps, ≤ {:.0} % late \
+                 frames, ≤ {CAPACITY_MAX_CORES} cores): {}.  ",
+                CAPACITY_MAX_LATE * 100.0,
+                self.capacity
+                    .map(|n| format!("{n} participants"))
+                    .unwrap_or_else(|| "none of the sizes probed".into())
+            );
+        }
+        for p in plots {
+            let _ = writeln!(md, "\n![{p}]({p})");
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(md, "\n## Failed runs\n");
+            for e in &self.errors {
+                let _ = writeln!(md, "- {e}");
+            }
+        }
+        md
+    }
+}
+
+/// Draws the plots with gnuplot (if installed) into `dir`; returns the PNG file names.
+pub fn plots(report: &Report, dir: &Path) -> Vec<String> {
+    if std::process::Command::new("gnuplot")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut written = Vec::new();
+    let mut cpu = String::new();
+    for row in report
+        .rows
+        .iter()
+        .chain(&report.capacity_rows)
+        .filter(|r| r.name.contains("VP8 out") || r.name.contains("VP8 720p30 out"))
+    {
+        if let Some(c) = row.cpu() {
+            let _ = writeln!(cpu, "{} {c}", row.participants);
+        }
+    }
+    let mut bare = String::new();
+    for row in &report.bare {
+        if let Some(c) = row.cpu() {
+            let _ = writeln!(bare, "{} {c}", row.participants);
+        }
+    }
+    let mut lat = String::new();
+    let (mut v, mut a) = (Vec::new(), Vec::new());
+    for row in &report.rows {
+        v.extend(row.pooled(|r| &r.video_latency_ms));
+        a.extend(row.pooled(|r| &r.audio_latency_ms));
+    }
+    v.sort_by(|x, y| x.total_cmp(y));
+    a.sort_by(|x, y| x.total_cmp(y));
+    for (i, x) in v.iter().enumerate() {
+        let _ = writeln!(lat, "{x} {}", (i + 1) as f64 / v.len() as f64);
+    }
+    let mut alat = String::new();
+    for (i, x) in a.iter().enumerate() {
+        let _ = writeln!(alat, "{x} {}", (i + 1) as f64 / a.len() as f64);
+    }
+    let files = [
+        ("cpu.dat", cpu),
+        ("bare.dat", bare),
+        ("video-latency.dat", lat),
+        ("audio-latency.dat", alat),
+    ];
+    for (name, data) in &files {
+        let _ = std::fs::write(dir.join(name), data);
+    }
+    let script = format!(
+        "set terminal pngcairo size 800,500\n\
+         set output '{dir}/cpu.png'\nset title 'Server CPU against participants (VP8 720p30 out)'\n\
+         set xlabel 'participants'\nset ylabel 'cores'\nset key top left\nset grid\n\
+         plot '{dir}/cpu.dat' with linespoints title 'mixdown', '{dir}/bare.dat' with linespoints title 'bare gst-launch-1.0'\n\
+         set output '{dir}/latency.png'\nset title 'Marker latency on loopback (cumulative)'\n\
+         set xlabel 'ms'\nset ylabel 'share of markers'\nset key bottom right\n\
+         plot '{dir}/video-latency.dat' with lines title 'video', '{dir}/audio-latency.dat' with lines title 'audio'\n",
+        dir = dir.display()
+    );
+    let ok = std::process::Command::new("gnuplot")
+        .arg("-e")
+        .arg(&script)
+        .status()
+        .is_ok_and(|s| s.success());
+    for (name, _) in &files {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    if ok {
+        for f in ["cpu.png", "latency.png"] {
+            if dir.join(f).exists() {
+                written.push(f.to_owned());
+            }
+        }
+    }
+    written
+}

@@ -1,0 +1,393 @@
+//! The scenarios: a Mixdown server process under synthetic load, a bare `gst-launch-1.0`
+//! pipeline doing the same video work, idle rooms. Each run returns what was measured.
+
+use crate::client::{Client, ClientOptions};
+use crate::measure::{CpuWindow, pacing, rss_mib};
+use crate::media::{CLICK_HZ, ClipCodec, Clips, HEIGHT, PATCH, WIDTH};
+use anyhow::{Context, anyhow};
+use mixdown::media::VideoCodec;
+use mixdown::room::layout::grid;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The composite canvas of every benchmark run (the server's default).
+pub const CANVAS: (u32, u32) = (1280, 720);
+/// A frame later than this against the RTP timeline counts as late.
+pub const LATE: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub warmup: Duration,
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunResult {
+    pub cpu_cores: f64,
+    pub rss_mib: f64,
+    pub fps: f64,
+    pub late_share: f64,
+    pub video_latency_ms: Vec<f64>,
+    pub audio_latency_ms: Vec<f64>,
+    pub join_ms: Vec<f64>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `mixdown` child process with its own configuration, stopped with SIGTERM on drop.
+pub struct ServerProcess {
+    child: Child,
+    pub base: String,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    pub async fn start(bin: &Path, media_ports: (u16, u16)) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("mixdown-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("mixdown.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhost = \"127.0.0.1\"\nhttp_port = {port}\n\
+                 [rtc]\nport_min = {}\nport_max = {}\n\
+                 [video]\nwidth = {}\nheight = {}\n",
+                media_ports.0, media_ports.1, CANVAS.0, CANVAS.1
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let server = Self { child, base, dir };
+        let health = format!("{}/healthz", server.base);
+        for _ in 0..100 {
+            if reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(anyhow!("the server did not answer /healthz within 10 s"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn tile_of(&self, room: &str, location: &str) -> Option<[u32; 4]> {
+        let info: serde_json::Value = reqwest::get(format!("{}/api/rooms/{room}", self.base))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let session = location.rsplit('/').next()?;
+        let p = info["participants"]
+            .as_array()?
+            .iter()
+            .find(|p| p["session"] == session)?;
+        let t: Vec<u32> = p["tile"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_u64().map(|v| v as u32))
+            .collect();
+        (t.len() == 4).then(|| [t[0], t[1], t[2], t[3]])
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where participant 0's marker patch lands in the composite, given its tile (the clip is
+/// scaled into the tile with its aspect ratio kept).
+fn patch_in_tile(tile: [u32; 4]) -> [u32; 4] {
+    let [x, y, w, h] = tile.map(|v| v as f64);
+    let scale = (w / WIDTH as f64).min(h / HEIGHT as f64);
+    let (ox, oy) = (
+        x + (w - WIDTH as f64 * scale) / 2.0,
+        y + (h - HEIGHT as f64 * scale) / 2.0,
+    );
+    let (px, py, ps) = (PATCH.0 as f64, PATCH.1 as f64, PATCH.2 as f64);
+    [
+        (ox + px * scale) as u32,
+        (oy + py * scale) as u32,
+        (ps * scale).max(2.0) as u32,
+        (ps * scale).max(2.0) as u32,
+    ]
+}
+
+/// For each mark, the delay to the first observation after it that `hit` accepts (and
+/// before the next mark).
+fn delays<T: Copy>(marks: &[Instant], seen: &[(Instant, T)], hit: impl Fn(T) -> bool) -> Vec<f64> {
+    let mut out = Vec::new();
+    for (i, t) in marks.iter().enumerate() {
+        let until = marks
+            .get(i + 1)
+            .copied()
+            .unwrap_or(*t + Duration::from_secs(1));
+        if let Some((at, _)) = seen
+            .iter()
+            .find(|(at, v)| *at >= *t && *at < until && hit(*v))
+        {
+            out.push(at.duration_since(*t).as_secs_f64() * 1000.0);
+        }
+    }
+    out
+}
+
+fn participant(clips: &Arc<Clips>, out: VideoCodec, markers: bool) -> ClientOptions {
+    let mut o = ClientOptions::participant(0, 0.0);
+    o.clips = Some(clips.clone());
+    o.codecs = vec![out];
+    o.send_codec = if out == VideoCodec::H264 {
+        // An H.264-only participant sends its H.264 clip.
+        VideoCodec::H264
+    } else {
+        VideoCodec::Vp8
+    };
+    o.decode = false;
+    o.clip_markers = markers;
+    o
+}
+
+/// One run: `n` participants sending the VP8 clip (or H.264 for H.264-only receivers), all
+/// receiving `out`, and one decoding WHEP probe.
+pub async fn server_run(
+    bin: &Path,
+    clips: &Arc<Clips>,
+    n: usize,
+    out: VideoCodec,
+    timing: &Timing,
+    ports: (u16, u16),
+) -> anyhow::Result<RunResult> {
+    let server = ServerProcess::start(bin, ports).await?;
+    let room = "bench";
+    let mut clients = Vec::new();
+    let mut join_starts = Vec::new();
+    for i in 0..n {
+        join_starts.push(Instant::now());
+        let mut opts = participant(clips, out, i == 0);
+        if out == VideoCodec::H264 {
+            // VP8 in, H.264 out: participants send VP8 but accept only H.264.
+            opts.send_codec = VideoCodec::Vp8;
+            opts.codecs = vec![VideoCodec::Vp8, VideoCodec::H264];
+        }
+        clients.push(
+            Client::try_join(&server.base, room, opts)
+                .await
+                .map_err(|e| anyhow!("participant {i}: {e}"))?,
+        );
+    }
+    let mut probe_opts = ClientOptions::viewer();
+    probe_opts.codecs = vec![out];
+    let probe = Client::try_join(&server.base, room, probe_opts)
+        .await
+        .map_err(|e| anyhow!("probe: {e}"))?;
+    *probe.received.probe_hz.lock().unwrap() = Some(CLICK_HZ);
+    tokio::time::sleep(timing.warmup).await;
+    if let Some(tile) = server.tile_of(room, &clients[0].location).await {
+        *probe.received.watch.lock().unwrap() = Some(patch_in_tile(tile));
+    }
+    let pid = server.pid();
+    let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
+    let window_start = Instant::now();
+    tokio::time::sleep(timing.window).await;
+    let cpu_cores = cpu.cores().unwrap_or(f64::NAN);
+    let rss = rss_mib(pid).unwrap_or(f64::NAN);
+
+    let frames: Vec<(Instant, u32)> = probe
+        .received
+        .rtp_frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= window_start)
+        .copied()
+        .collect();
+    let (fps, late_share) = pacing(&frames, 90000.0, LATE).unwrap_or((0.0, 1.0));
+    let video_marks: Vec<Instant> = clients[0]
+        .video_marks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| *t >= window_start)
+        .collect();
+    let colours = probe.received.colours.lock().unwrap().clone();
+    let video_latency_ms = delays(&video_marks, &colours, |c: [f32; 3]| {
+        (c[0] + c[1] + c[2]) / 3.0 > 128.0
+    });
+    let audio_marks: Vec<Instant> = clients[0]
+        .audio_marks
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|t| *t >= window_start)
+        .collect();
+    let power = probe.received.probe_power.lock().unwrap().clone();
+    let audio_latency_ms = delays(&audio_marks, &power, |db: f32| db > -25.0);
+    let join_ms = clients
+        .iter()
+        .zip(&join_starts)
+        .filter_map(|(c, start)| {
+            let first = c.received.rtp_frames.lock().unwrap().first().map(|f| f.0)?;
+            Some(first.duration_since(*start).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    for c in clients {
+        c.close().await;
+    }
+    probe.close().await;
+    drop(server);
+    Ok(RunResult {
+        cpu_cores,
+        rss_mib: rss,
+        fps,
+        late_share,
+        video_latency_ms,
+        audio_latency_ms,
+        join_ms,
+    })
+}
+
+/// The description of a bare GStreamer pipeline that decodes `n` copies of the clip, composes
+/// them on the same grid and encodes like the server, paced in real time.
+pub fn bare_pipeline(clip: &Path, n: usize, out: VideoCodec) -> String {
+    let tiles = grid(n, CANVAS.0, CANVAS.1);
+    let mut d = String::from("compositor name=c background=black");
+    for (i, t) in tiles.iter().enumerate() {
+        d.push_str(&format!(
+            " sink_{i}::xpos={} sink_{i}::ypos={} sink_{i}::width={} sink_{i}::height={}",
+            t.x, t.y, t.w, t.h
+        ));
+    }
+    let enc = match out {
+        VideoCodec::Vp8 => {
+            "vp8enc deadline=1 cpu-used=-6 threads=1 end-usage=cbr lag-in-frames=0 \
+             error-resilient=default target-bitrate=1500000 keyframe-max-dist=300"
+        }
+        VideoCodec::H264 => {
+            "x264enc tune=zerolatency speed-preset=ultrafast threads=1 bframes=0 bitrate=1500 \
+             key-int-max=300"
+        }
+    };
+    d.push_str(&format!(
+        " ! video/x-raw,format=I420,width={},height={},framerate=30/1 ! {enc} ! fakesink sync=true",
+        CANVAS.0, CANVAS.1
+    ));
+    for (i, t) in tiles.iter().enumerate() {
+        d.push_str(&format!(
+            " filesrc location={} ! {} ! {} ! videoconvert ! videoscale method=bilinear add-borders=true \
+             ! video/x-raw,format=I420,width={},height={},pixel-aspect-ratio=1/1 ! c.sink_{i}",
+            clip.display(),
+            ClipCodec::Vp8.demuxer(),
+            ClipCodec::Vp8.decoder(),
+            t.w,
+            t.h
+        ));
+    }
+    d
+}
+
+pub async fn bare_run(
+    clip: &Path,
+    n: usize,
+    out: VideoCodec,
+    timing: &Timing,
+) -> anyhow::Result<RunResult> {
+    // gst-launch-1.0 wants the description as separate words (no value contains a space).
+    let mut child = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(bare_pipeline(clip, n, out).split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting gst-launch-1.0")?;
+    let pid = child.id();
+    tokio::time::sleep(timing.warmup).await;
+    if let Ok(Some(status)) = child.try_wait() {
+        return Err(anyhow!("gst-launch-1.0 exited during warm-up: {status}"));
+    }
+    let result = async {
+        let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("gst-launch-1.0 exited early"))?;
+        tokio::time::sleep(timing.window).await;
+        let cores = cpu
+            .cores()
+            .ok_or_else(|| anyhow!("gst-launch-1.0 exited early"))?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(anyhow!("gst-launch-1.0 exited during the window: {status}"));
+        }
+        Ok(RunResult {
+            cpu_cores: cores,
+            rss_mib: rss_mib(pid).unwrap_or(f64::NAN),
+            ..Default::default()
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// `rooms` rooms, each joined by one participant who then leaves: the server's cost once
+/// they are empty.
+pub async fn idle_run(
+    bin: &Path,
+    clips: &Arc<Clips>,
+    rooms: usize,
+    timing: &Timing,
+    ports: (u16, u16),
+) -> anyhow::Result<RunResult> {
+    let server = ServerProcess::start(bin, ports).await?;
+    for r in 0..rooms {
+        let c = Client::try_join(
+            &server.base,
+            &format!("idle-{r}"),
+            participant(clips, VideoCodec::Vp8, false),
+        )
+        .await
+        .map_err(|e| anyhow!("room {r}: {e}"))?;
+        c.leave().await;
+    }
+    tokio::time::sleep(timing.warmup).await;
+    let pid = server.pid();
+    let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
+    tokio::time::sleep(timing.window).await;
+    Ok(RunResult {
+        cpu_cores: cpu.cores().unwrap_or(f64::NAN),
+        rss_mib: rss_mib(pid).unwrap_or(f64::NAN),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,66 @@
+//! A tiny run of the benchmark harness so that it cannot rot: it must produce every figure
+//! (their values are the benchmarks' business, not the tests').
+
+use mixdown::media::VideoCodec;
+use mixdown_bench::media::load_or_generate;
+use mixdown_bench::report::{Plan, run_plan};
+use mixdown_bench::run::Timing;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_harness_produces_figures() {
+    crate::common::init_logging();
+    let cache = std::env::temp_dir().join("mixdown-bench-smoke-cache");
+    let clips = Arc::new(load_or_generate(&cache, 6).expect("clips generate"));
+    assert_eq!(clips.vp8.frames.len(), 180);
+    assert_eq!(clips.h264.frames.len(), 180);
+    assert!(
+        clips.speech.frames.len() >= 290,
+        "{}",
+        clips.speech.frames.len()
+    );
+    let plan = Plan {
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_mixdown")),
+        timing: Timing {
+            warmup: Duration::from_secs(2),
+            window: Duration::from_secs(3),
+        },
+        runs: 1,
+        rooms: vec![(2, VideoCodec::Vp8)],
+        bare: vec![2],
+        capacity: vec![],
+        idle_rooms: 2,
+        command: "bench smoke test".into(),
+    };
+    let report = run_plan(&plan, &clips).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let row = &report.rows[0];
+    let run = &row.runs[0];
+    assert!(run.cpu_cores > 0.0 && run.rss_mib > 0.0, "{run:?}");
+    assert!(run.fps > 0.0, "no composite frames at the probe: {run:?}");
+    assert!(
+        !run.video_latency_ms.is_empty(),
+        "no video marker seen: {run:?}"
+    );
+    assert!(
+        !run.audio_latency_ms.is_empty(),
+        "no audio marker heard: {run:?}"
+    );
+    assert_eq!(run.join_ms.len(), 2, "{run:?}");
+    assert!(
+        report.bare[0].cpu().is_some_and(|c| c > 0.0),
+        "bare pipeline not measured"
+    );
+    assert!(report.idle.as_ref().and_then(|r| r.cpu()).is_some());
+    let md = report.markdown(&plan, &[]);
+    assert!(
+        md.contains("| 2 participants, VP8 360p in, VP8 720p30 out |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Server ÷ bare pipeline, 2 participants"),
+        "{md}"
+    );
+}
