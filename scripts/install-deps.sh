@@ -12,7 +12,7 @@ PKGS=(
 )
 case "${1:-}" in
   --test) PKGS+=(chromium) ;;       # a real browser peer for the tests
-  --bench) PKGS+=(gnuplot-nox) ;;   # the plots in BENCHMARKS.md
+  --bench) PKGS+=(gnuplot-nox janus) ;;   # plots; Janus AudioBridge as the audio reference
 esac
 
 missing=()

@@ -60,6 +60,11 @@ pub struct ClientOptions {
     pub decode: bool,
     /// With `clips`: keep the audio markers audible (one participant per room should).
     pub clip_markers: bool,
+    /// With `clips`: send the silence clip instead of speech (a listener whose microphone
+    /// still sends packets).
+    pub silent: bool,
+    /// Offer no video section at all.
+    pub audio_only: bool,
 }
 
 impl ClientOptions {
@@ -76,6 +81,8 @@ impl ClientOptions {
             clips: None,
             decode: true,
             clip_markers: false,
+            silent: false,
+            audio_only: false,
         }
     }
 
@@ -92,6 +99,8 @@ impl ClientOptions {
             clips: None,
             decode: true,
             clip_markers: false,
+            silent: false,
+            audio_only: false,
         }
     }
 }
@@ -338,6 +347,14 @@ pub fn colour_encoder(
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
+    let rx = encoded_frames(&sink);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, rx)
+}
+
+/// Encoded frames (data, keyframe) from an appsink, through a bounded channel (30 frames; a
+/// full channel drops the frame, as a congested sender would).
+fn encoded_frames(sink: &gst_app::AppSink) -> mpsc::Receiver<(Bytes, bool)> {
     let (tx, rx) = mpsc::channel(30);
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -351,8 +368,7 @@ pub fn colour_encoder(
             })
             .build(),
     );
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, rx)
+    rx
 }
 
 fn rgb(argb: u32) -> [u8; 3] {
@@ -401,19 +417,7 @@ fn marker_encoder(
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
-    let (tx, rx) = mpsc::channel(30);
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |s| {
-                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                let _ = tx.try_send((Bytes::copy_from_slice(&map), key));
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let rx = encoded_frames(&sink);
     pipeline.set_state(gst::State::Playing).unwrap();
     let frames = [i420(colours[0], 320, 240), i420(colours[1], 320, 240)];
     let feeder = tokio::spawn(async move {
@@ -427,6 +431,41 @@ fn marker_encoder(
         }
     });
     (pipeline, rx, feeder)
+}
+
+/// POSTs `offer` to a WHIP/WHEP endpoint; returns the `Location` and the answer.
+pub async fn whip_exchange(url: &str, offer: String) -> Result<(String, String), String> {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != reqwest::StatusCode::CREATED {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("{status}: {body}"));
+    }
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Location")?
+        .to_owned();
+    let answer = response.text().await.map_err(|e| e.to_string())?;
+    Ok((location, answer))
+}
+
+/// `DELETE {base}{location}`: ends a WHIP/WHEP session. Returns the HTTP status (0 when the
+/// request failed).
+pub async fn delete_session(base: &str, location: &str) -> u16 {
+    reqwest::Client::new()
+        .delete(format!("{base}{location}"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 fn sample(data: Bytes, duration: Duration) -> Sample {
@@ -449,6 +488,20 @@ impl Client {
     }
 
     pub async fn try_join(base: &str, room: &str, opts: ClientOptions) -> Result<Client, String> {
+        let url = format!("{base}/{}/{room}", opts.endpoint);
+        Self::connect(base, opts, async move |offer: String| {
+            whip_exchange(&url, offer).await
+        })
+        .await
+    }
+
+    /// Builds the peer connection and hands the complete offer to `signal`, which returns the
+    /// session's location and the answer (WHIP/WHEP here; Janus's API in the benchmarks).
+    pub async fn connect(
+        base: &str,
+        opts: ClientOptions,
+        signal: impl AsyncFnOnce(String) -> Result<(String, String), String>,
+    ) -> Result<Client, String> {
         let mut engine = MediaEngine::default();
         engine
             .register_codec(
@@ -524,7 +577,7 @@ impl Client {
                 .map_err(|e| e.to_string())?;
                 senders.push(("video", t));
             }
-            None if opts.receive => {
+            None if opts.receive && !opts.audio_only => {
                 pc.add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -566,26 +619,13 @@ impl Client {
             .await
             .ok_or("no local description")?
             .sdp;
-        let response = reqwest::Client::new()
-            .post(format!("{base}/{}/{room}", opts.endpoint))
-            .header("Content-Type", "application/sdp")
-            .body(sdp)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status() != reqwest::StatusCode::CREATED {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            let _ = pc.close().await;
-            return Err(format!("{status}: {body}"));
-        }
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("no Location")?
-            .to_owned();
-        let answer = response.text().await.map_err(|e| e.to_string())?;
+        let (location, answer) = match signal(sdp).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
         pc.set_remote_description(
             RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?,
         )
@@ -617,6 +657,7 @@ impl Client {
                         Some(video_marks.clone()),
                         None,
                     ),
+                    _ if opts.silent => (clips.silence.clone(), None, None),
                     _ => (clips.speech.clone(), None, Some(audio_marks.clone())),
                 };
                 let marked = opts.clip_markers || kind == "video";
@@ -751,12 +792,7 @@ impl Client {
 
     /// `DELETE` on the Location, then close. Returns the HTTP status.
     pub async fn leave(self) -> u16 {
-        let status = reqwest::Client::new()
-            .delete(format!("{}{}", self.base, self.location))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
+        let status = delete_session(&self.base, &self.location).await;
         self.close().await;
         status
     }

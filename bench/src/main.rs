@@ -33,6 +33,12 @@ struct Cli {
     /// A tiny run that only checks the harness works (one run of two participants).
     #[arg(long)]
     smoke: bool,
+    /// Participants of the audio-only room (three of them speak).
+    #[arg(long, default_value_t = 30)]
+    audio_participants: usize,
+    /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[tokio::main]
@@ -58,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
                 bare: vec![2],
                 capacity: vec![],
                 idle_rooms: 2,
+                audio_rooms: vec![],
                 command,
             },
             6,
@@ -71,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
                     window: Duration::from_secs(10),
                 },
                 runs: cli.runs,
+
                 rooms: vec![
                     (4, VideoCodec::Vp8),
                     (9, VideoCodec::Vp8),
@@ -80,11 +88,31 @@ async fn main() -> anyhow::Result<()> {
                 bare: vec![4, 9],
                 capacity: vec![12, 16, 20],
                 idle_rooms: 50,
+                audio_rooms: vec![(cli.audio_participants, 3)],
                 command,
             },
             20,
         )
     };
+    let mut plan = plan;
+    if !cli.only.is_empty() {
+        let keep = |part: &str| cli.only.iter().any(|o| o == part);
+        if !keep("rooms") {
+            plan.rooms.clear();
+        }
+        if !keep("bare") {
+            plan.bare.clear();
+        }
+        if !keep("capacity") {
+            plan.capacity.clear();
+        }
+        if !keep("idle") {
+            plan.idle_rooms = 0;
+        }
+        if !keep("audio") {
+            plan.audio_rooms.clear();
+        }
+    }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);
     eprintln!(
         "clips: {} VP8, {} H.264 frames, {} Opus packets",

@@ -89,6 +89,28 @@ pub struct Clips {
     pub vp8: Clip,
     pub h264: Clip,
     pub speech: Clip,
+    /// One second of Opus-encoded silence (what a quiet microphone sends).
+    pub silence: Clip,
+}
+
+fn silence() -> anyhow::Result<Clip> {
+    let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
+    let pcm = [0f32; 960];
+    let mut out = [0u8; 400];
+    let frames = (0..50)
+        .map(|_| {
+            let n = enc.encode_float(&pcm, &mut out)?;
+            Ok(ClipFrame {
+                data: Bytes::copy_from_slice(&out[..n]),
+                marker: false,
+            })
+        })
+        .collect::<Result<Vec<_>, opus::Error>>()?;
+    Ok(Clip {
+        frames,
+        frame_duration: Duration::from_millis(20),
+        path: PathBuf::new(),
+    })
 }
 
 fn patch_on(frame: u64) -> bool {
@@ -316,5 +338,10 @@ pub fn load_or_generate(cache: &Path, seconds: u64) -> anyhow::Result<Clips> {
     for (i, f) in speech.frames.iter_mut().enumerate() {
         f.marker = (i as u64).is_multiple_of(AUDIO_MARK_EVERY);
     }
-    Ok(Clips { vp8, h264, speech })
+    Ok(Clips {
+        vp8,
+        h264,
+        speech,
+        silence: silence()?,
+    })
 }

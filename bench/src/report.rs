@@ -3,7 +3,7 @@
 
 use crate::measure::{median, quantile};
 use crate::media::Clips;
-use crate::run::{RunResult, Timing, bare_run, idle_run, server_run};
+use crate::run::{AudioServer, RunResult, Timing, audio_room_run, bare_run, idle_run, server_run};
 use mixdown::media::VideoCodec;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ pub struct Plan {
     pub bare: Vec<usize>,
     pub capacity: Vec<usize>,
     pub idle_rooms: usize,
+    /// Audio-only rooms: (participants, speakers), on Mixdown and on Janus AudioBridge.
+    pub audio_rooms: Vec<(usize, usize)>,
     pub command: String,
 }
 
@@ -67,6 +69,8 @@ pub struct Report {
     pub capacity: Option<usize>,
     pub capacity_rows: Vec<Row>,
     pub idle: Option<Row>,
+    /// Pairs of rows (Mixdown, Janus AudioBridge) for each audio-only room.
+    pub audio: Vec<(Row, Row)>,
     pub errors: Vec<String>,
 }
 
@@ -179,12 +183,47 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     } else {
         None
     };
+    let mut audio = Vec::new();
+    for (n, speakers) in &plan.audio_rooms {
+        let mut pair = Vec::new();
+        for (server, label) in [
+            (AudioServer::Mixdown, "Mixdown"),
+            (AudioServer::JanusAudioBridge, "Janus AudioBridge"),
+        ] {
+            let mut row = Row {
+                name: format!("audio-only room, {n} participants ({speakers} speaking), {label}"),
+                participants: *n,
+                runs: Vec::new(),
+            };
+            for _ in 0..plan.runs {
+                match audio_room_run(
+                    server,
+                    &plan.server_bin,
+                    clips,
+                    *n,
+                    *speakers,
+                    &plan.timing,
+                    next_ports(),
+                )
+                .await
+                {
+                    Ok(r) => row.runs.push(r),
+                    Err(e) => errors.push(format!("{}: {e:#}", row.name)),
+                }
+            }
+            pair.push(row);
+        }
+        let janus = pair.pop().expect("two rows");
+        let mixdown = pair.pop().expect("two rows");
+        audio.push((mixdown, janus));
+    }
     Report {
         rows,
         bare,
         capacity,
         capacity_rows,
         idle,
+        audio,
         errors,
     }
 }
@@ -259,7 +298,8 @@ impl Report {
                 fmt(quantile(&j, 0.5), 0),
             );
         }
-        for row in self.bare.iter().chain(&self.idle) {
+        let audio_rows = self.audio.iter().flat_map(|(m, j)| [m, j]);
+        for row in self.bare.iter().chain(audio_rows).chain(&self.idle) {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | – | – | – | – | – |",
@@ -283,6 +323,16 @@ impl Report {
                     s.name,
                     sc,
                     bc
+                );
+            }
+        }
+        for (m, j) in &self.audio {
+            if let (Some(mc), Some(jc)) = (m.cpu(), j.cpu()) {
+                let _ = writeln!(
+                    md,
+                    "Audio-only room of {}: Mixdown ÷ Janus AudioBridge CPU = {:.2} ({mc:.2} vs {jc:.2} cores).  ",
+                    m.participants,
+                    mc / jc
                 );
             }
         }
@@ -371,11 +421,13 @@ pub fn plots(report: &Report, dir: &Path) -> Vec<String> {
          plot '{dir}/video-latency.dat' with lines title 'video', '{dir}/audio-latency.dat' with lines title 'audio'\n",
         dir = dir.display()
     );
-    let ok = std::process::Command::new("gnuplot")
-        .arg("-e")
-        .arg(&script)
-        .status()
-        .is_ok_and(|s| s.success());
+    let script_path = dir.join("plots.gp");
+    let ok = std::fs::write(&script_path, &script).is_ok()
+        && std::process::Command::new("gnuplot")
+            .arg(&script_path)
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&script_path);
     for (name, _) in &files {
         let _ = std::fs::remove_file(dir.join(name));
     }

@@ -57,7 +57,7 @@ impl ServerProcess {
             format!(
                 "[server]\nhost = \"127.0.0.1\"\nhttp_port = {port}\n\
                  [rtc]\nport_min = {}\nport_max = {}\n\
-                 [video]\nwidth = {}\nheight = {}\n",
+                 [video]\nwidth = {}\nheight = {}\n[room]\nmax_participants = 100\n",
                 media_ports.0, media_ports.1, CANVAS.0, CANVAS.1
             ),
         )?;
@@ -390,4 +390,86 @@ pub async fn idle_run(
         rss_mib: rss_mib(pid).unwrap_or(f64::NAN),
         ..Default::default()
     })
+}
+
+/// Which server an audio-only room runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioServer {
+    Mixdown,
+    JanusAudioBridge,
+}
+
+fn audio_participant(clips: &Arc<Clips>, speaking: bool) -> ClientOptions {
+    let mut o = ClientOptions::participant(0, 0.0);
+    o.colour = None;
+    o.audio_only = true;
+    o.clips = Some(clips.clone());
+    o.decode = false;
+    o.silent = !speaking;
+    o
+}
+
+/// An audio-only room of `n` participants, `speakers` of them talking (speech clip), the rest
+/// sending silence: the server's CPU.
+pub async fn audio_room_run(
+    server: AudioServer,
+    bin: &Path,
+    clips: &Arc<Clips>,
+    n: usize,
+    speakers: usize,
+    timing: &Timing,
+    ports: (u16, u16),
+) -> anyhow::Result<RunResult> {
+    let mut clients = Vec::new();
+    let (pid, _keep): (u32, Box<dyn std::any::Any + Send>) = match server {
+        AudioServer::Mixdown => {
+            let s = ServerProcess::start(bin, ports).await?;
+            for i in 0..n {
+                let c = Client::try_join(&s.base, "audio", audio_participant(clips, i < speakers))
+                    .await
+                    .map_err(|e| anyhow!("participant {i}: {e}"))?;
+                clients.push(c);
+            }
+            (s.pid(), Box::new(s))
+        }
+        AudioServer::JanusAudioBridge => {
+            let janus = crate::janus::Janus::start(free_port()?, ports).await?;
+            let admin = crate::janus::Handle::attach(&janus.base).await?;
+            admin.create_room().await?;
+            for i in 0..n {
+                let handle = crate::janus::Handle::attach(&janus.base).await?;
+                let c = Client::connect(
+                    &janus.base,
+                    audio_participant(clips, i < speakers),
+                    async move |offer: String| {
+                        let answer = handle.join(offer).await.map_err(|e| format!("{e:#}"))?;
+                        Ok((String::new(), answer))
+                    },
+                )
+                .await
+                .map_err(|e| anyhow!("participant {i}: {e}"))?;
+                clients.push(c);
+            }
+            (janus.pid(), Box::new(janus))
+        }
+    };
+    tokio::time::sleep(timing.warmup).await;
+    let received: usize = clients
+        .iter()
+        .map(|c| c.received.audio_packet_count())
+        .sum();
+    if received == 0 {
+        return Err(anyhow!("{server:?}: no participant received any audio"));
+    }
+    let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
+    tokio::time::sleep(timing.window).await;
+    let result = RunResult {
+        cpu_cores: cpu.cores().unwrap_or(f64::NAN),
+        rss_mib: rss_mib(pid).unwrap_or(f64::NAN),
+        ..Default::default()
+    };
+    for c in clients {
+        c.close().await;
+    }
+    Ok(result)
 }

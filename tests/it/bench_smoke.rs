@@ -32,6 +32,7 @@ async fn the_benchmark_harness_produces_figures() {
         bare: vec![2],
         capacity: vec![],
         idle_rooms: 2,
+        audio_rooms: vec![],
         command: "bench smoke test".into(),
     };
     let report = run_plan(&plan, &clips).await;

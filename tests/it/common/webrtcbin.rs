@@ -174,12 +174,7 @@ impl WebrtcbinClient {
     }
 
     pub async fn leave(self) -> u16 {
-        let status = reqwest::Client::new()
-            .delete(format!("{}{}", self.base, self.location))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
+        let status = mixdown_bench::client::delete_session(&self.base, &self.location).await;
         let _ = self.pipeline.set_state(gst::State::Null);
         status
     }
