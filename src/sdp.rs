@@ -312,15 +312,21 @@ fn parse_rtpmap(arg: &str) -> Option<OfferedCodec> {
     })
 }
 
-/// Picks the codec to send a receiver: one the room already encodes (no new encoder), else
-/// VP8 (cheapest to encode here), else whatever the receiver offered first.
-pub fn choose_send_codec(offered: &[VideoCodec], active: &[VideoCodec]) -> Option<VideoCodec> {
+/// Picks the codec to send a receiver: one the room already encodes (no new encoder), else the
+/// first of `preference` (the server's order, `video.send_codecs`) that the receiver offered.
+/// Codecs missing from `preference` are never sent.
+pub fn choose_send_codec(
+    offered: &[VideoCodec],
+    active: &[VideoCodec],
+    preference: &[VideoCodec],
+) -> Option<VideoCodec> {
+    let allowed = |c: &VideoCodec| preference.contains(c);
     offered
         .iter()
         .copied()
+        .filter(allowed)
         .find(|c| active.contains(c))
-        .or_else(|| offered.iter().copied().find(|c| *c == VideoCodec::Vp8))
-        .or_else(|| offered.first().copied())
+        .or_else(|| preference.iter().copied().find(|c| offered.contains(c)))
 }
 
 #[cfg(test)]
@@ -416,9 +422,16 @@ a=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=0;profile-level-id=42e0
     #[test]
     fn send_codec_choice() {
         use VideoCodec::*;
-        assert_eq!(choose_send_codec(&[H264, Vp8], &[]), Some(Vp8));
-        assert_eq!(choose_send_codec(&[H264, Vp8], &[H264]), Some(H264));
-        assert_eq!(choose_send_codec(&[H264], &[Vp8]), Some(H264));
-        assert_eq!(choose_send_codec(&[], &[Vp8]), None);
+        let both = [Vp8, H264];
+        assert_eq!(choose_send_codec(&[H264, Vp8], &[], &both), Some(Vp8));
+        assert_eq!(choose_send_codec(&[H264, Vp8], &[H264], &both), Some(H264));
+        assert_eq!(choose_send_codec(&[H264], &[Vp8], &both), Some(H264));
+        assert_eq!(choose_send_codec(&[], &[Vp8], &both), None);
+        assert_eq!(
+            choose_send_codec(&[Vp8, H264], &[], &[H264, Vp8]),
+            Some(H264)
+        );
+        assert_eq!(choose_send_codec(&[H264], &[], &[Vp8]), None, "not allowed");
+        assert_eq!(choose_send_codec(&[Vp8, H264], &[H264], &[Vp8]), Some(Vp8));
     }
 }

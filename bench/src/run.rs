@@ -47,7 +47,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub async fn start(bin: &Path, media_ports: (u16, u16)) -> anyhow::Result<Self> {
+    /// `extra` is appended to the generated configuration (TOML).
+    pub async fn start(bin: &Path, media_ports: (u16, u16), extra: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("mixdown-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -57,7 +58,8 @@ impl ServerProcess {
             format!(
                 "[server]\nhost = \"127.0.0.1\"\nhttp_port = {port}\n\
                  [rtc]\nport_min = {}\nport_max = {}\n\
-                 [video]\nwidth = {}\nheight = {}\n[room]\nmax_participants = 100\n",
+                 [room]\nmax_participants = 100\n\
+                 [video]\nwidth = {}\nheight = {}\n{extra}\n",
                 media_ports.0, media_ports.1, CANVAS.0, CANVAS.1
             ),
         )?;
@@ -170,12 +172,7 @@ fn participant(clips: &Arc<Clips>, out: VideoCodec, markers: bool) -> ClientOpti
     let mut o = ClientOptions::participant(0, 0.0);
     o.clips = Some(clips.clone());
     o.codecs = vec![out];
-    o.send_codec = if out == VideoCodec::H264 {
-        // An H.264-only participant sends its H.264 clip.
-        VideoCodec::H264
-    } else {
-        VideoCodec::Vp8
-    };
+    o.send_codec = out;
     o.decode = false;
     o.clip_markers = markers;
     o
@@ -191,7 +188,13 @@ pub async fn server_run(
     timing: &Timing,
     ports: (u16, u16),
 ) -> anyhow::Result<RunResult> {
-    let server = ServerProcess::start(bin, ports).await?;
+    // H.264 out: the server prefers H.264 for everyone who accepts it (participants still
+    // send VP8 in the same video section).
+    let extra = match out {
+        VideoCodec::H264 => "send_codecs = [\"h264\", \"vp8\"]",
+        VideoCodec::Vp8 => "",
+    };
+    let server = ServerProcess::start(bin, ports, extra).await?;
     let room = "bench";
     let mut clients = Vec::new();
     let mut join_starts = Vec::new();
@@ -199,7 +202,7 @@ pub async fn server_run(
         join_starts.push(Instant::now());
         let mut opts = participant(clips, out, i == 0);
         if out == VideoCodec::H264 {
-            // VP8 in, H.264 out: participants send VP8 but accept only H.264.
+            // VP8 in, H.264 out: participants send VP8 and accept both.
             opts.send_codec = VideoCodec::Vp8;
             opts.codecs = vec![VideoCodec::Vp8, VideoCodec::H264];
         }
@@ -370,7 +373,7 @@ pub async fn idle_run(
     timing: &Timing,
     ports: (u16, u16),
 ) -> anyhow::Result<RunResult> {
-    let server = ServerProcess::start(bin, ports).await?;
+    let server = ServerProcess::start(bin, ports, "").await?;
     for r in 0..rooms {
         let c = Client::try_join(
             &server.base,
@@ -423,7 +426,7 @@ pub async fn audio_room_run(
     let mut clients = Vec::new();
     let (pid, _keep): (u32, Box<dyn std::any::Any + Send>) = match server {
         AudioServer::Mixdown => {
-            let s = ServerProcess::start(bin, ports).await?;
+            let s = ServerProcess::start(bin, ports, "").await?;
             for i in 0..n {
                 let c = Client::try_join(&s.base, "audio", audio_participant(clips, i < speakers))
                     .await

@@ -1,14 +1,15 @@
 //! The room's audio mixer: one tokio task that decodes every publisher's Opus, sums one 20 ms
-//! frame per tick, and encodes one mix per distinct audience: each audio publisher gets the mix
-//! without their own voice (mix-minus, its own encoder); everyone else (viewers, video-only
-//! publishers) shares a single encode of the full mix.
+//! frame per tick, and encodes one mix per distinct audience: each publisher who is speaking
+//! gets the mix without their own voice (mix-minus, its own encoder); everyone else (silent
+//! publishers, viewers, video-only publishers) shares a single encode of the full mix, which
+//! for a silent publisher is the same sound.
 //!
 //! It never blocks on a listener: a full listener queue drops that listener's frame.
 
 use crate::ids::SessionId;
 use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, parse_rtp};
 use crate::mixer::dsp::{
-    FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, mix_minus,
+    FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, VoiceActivity, mix_minus, rms,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -125,12 +126,18 @@ struct Source {
     fifo: SourceFifo,
     frame: Vec<f32>,
     active: bool,
+    voice: VoiceActivity,
+    speaking: bool,
 }
 
 struct Listener {
     tx: mpsc::Sender<EncodedFrame>,
-    /// Its own encoder while it is also a source (its mix differs from everyone else's).
+    /// Its own encoder while it is also a source (its mix differs from everyone else's when
+    /// it speaks).
     encoder: Option<opus::Encoder>,
+    /// Whether the last frame came from `encoder` (false: the shared full mix). Switching
+    /// back to the own encoder resets it, so it never continues from stale state.
+    own_last: bool,
 }
 
 struct Mixer {
@@ -165,6 +172,8 @@ impl Mixer {
                             fifo: SourceFifo::new(self.target),
                             frame: vec![0.0; FRAME_SAMPLES],
                             active: false,
+                            voice: VoiceActivity::default(),
+                            speaking: false,
                         },
                     );
                     if let Some(l) = self.listeners.get_mut(&id) {
@@ -184,7 +193,14 @@ impl Mixer {
                 } else {
                     None
                 };
-                self.listeners.insert(id, Listener { tx, encoder });
+                self.listeners.insert(
+                    id,
+                    Listener {
+                        tx,
+                        encoder,
+                        own_last: false,
+                    },
+                );
             }
             Control::RemoveListener(id) => {
                 self.listeners.remove(&id);
@@ -228,6 +244,7 @@ impl Mixer {
         self.full.fill(0.0);
         for s in self.sources.values_mut() {
             s.active = s.fifo.pop_frame(&mut s.frame);
+            s.speaking = s.voice.handle_frame(s.active.then(|| rms(&s.frame)));
             if s.active {
                 for (f, x) in self.full.iter_mut().zip(&s.frame) {
                     *f += x;
@@ -236,7 +253,16 @@ impl Mixer {
         }
         let mut shared: Option<Bytes> = None;
         for (id, l) in self.listeners.iter_mut() {
-            let data = if let Some(enc) = l.encoder.as_mut() {
+            let speaking = self.sources.get(id).is_some_and(|s| s.speaking);
+            let own_encoder = l.encoder.as_mut().filter(|_| speaking);
+            if own_encoder.is_none() {
+                l.own_last = false;
+            }
+            let data = if let Some(enc) = own_encoder {
+                if !l.own_last {
+                    let _ = enc.reset_state();
+                    l.own_last = true;
+                }
                 let own = self
                     .sources
                     .get(id)

@@ -38,6 +38,40 @@ pub fn mix_minus(full: &[f32], own: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// Below this RMS (about -50 dBFS) a frame counts as silence.
+pub const SILENCE_RMS: f32 = 0.003;
+/// Frames a source keeps counting as speaking after its last loud frame (500 ms), so that
+/// pauses between words do not flap.
+pub const HANGOVER_FRAMES: u32 = 25;
+
+/// Root mean square of a frame.
+pub fn rms(frame: &[f32]) -> f32 {
+    (frame.iter().map(|x| x * x).sum::<f32>() / frame.len().max(1) as f32).sqrt()
+}
+
+/// Is a source speaking? A silent source's mix-minus equals the full mix, so it can share
+/// the one encode of the full mix instead of running its own encoder.
+#[derive(Debug, Clone, Default)]
+pub struct VoiceActivity {
+    remaining: u32,
+}
+
+impl VoiceActivity {
+    /// Feeds one frame's RMS (`None`: the source had no frame). Returns whether the source
+    /// counts as speaking for this frame.
+    pub fn handle_frame(&mut self, rms: Option<f32>) -> bool {
+        if rms.is_some_and(|r| r > SILENCE_RMS) {
+            self.remaining = HANGOVER_FRAMES;
+            return true;
+        }
+        if self.remaining > 0 {
+            self.remaining -= 1;
+            return true;
+        }
+        false
+    }
+}
+
 /// What an arriving sequence number means for a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqVerdict {
@@ -169,6 +203,21 @@ mod tests {
         for o in out {
             assert!((o - 0.3).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn voice_activity_with_hangover() {
+        let mut v = VoiceActivity::default();
+        assert!(!v.handle_frame(None));
+        assert!(!v.handle_frame(Some(0.0)));
+        assert!(v.handle_frame(Some(0.1)));
+        for _ in 0..HANGOVER_FRAMES {
+            assert!(v.handle_frame(Some(0.0)), "hangover");
+        }
+        assert!(!v.handle_frame(Some(0.001)));
+        assert!(!v.handle_frame(None));
+        let loud = vec![0.5f32; 960];
+        assert!(rms(&loud) > 0.49 && rms(&[0.0; 960]) == 0.0);
     }
 
     #[test]

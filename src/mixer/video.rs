@@ -16,7 +16,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -81,6 +81,9 @@ pub struct VideoMixer {
     slots: HashMap<SessionId, Slot>,
     encoders: HashMap<VideoCodec, Encoder>,
     bus_task: tokio::task::JoinHandle<()>,
+    /// The pipeline stays in `Null` (costing nothing) until the first receiver of video:
+    /// an audio-only room never composes.
+    running: Arc<AtomicBool>,
 }
 
 fn make(factory: &str) -> Result<gst::Element, MixerError> {
@@ -136,12 +139,19 @@ fn apply_tile(pad: &gst::Pad, filter: &gst::Element, tile: Tile, framerate: Opti
     filter.set_property("caps", caps.build());
 }
 
-/// Pushes RTP into a participant's `appsrc`. Never blocks: the appsrc is leaky.
-struct AppSrcSink(gst_app::AppSrc);
+/// Pushes RTP into a participant's `appsrc`. Never blocks: the appsrc is leaky. Packets are
+/// dropped while the pipeline is dormant (nobody receives video yet); the depayloader asks for
+/// a keyframe once it runs.
+struct AppSrcSink {
+    appsrc: gst_app::AppSrc,
+    running: Arc<AtomicBool>,
+}
 
 impl RtpSink for AppSrcSink {
     fn push_rtp(&self, packet: Bytes) {
-        let _ = self.0.push_buffer(gst::Buffer::from_slice(packet));
+        if self.running.load(Ordering::Relaxed) {
+            let _ = self.appsrc.push_buffer(gst::Buffer::from_slice(packet));
+        }
     }
 }
 
@@ -176,9 +186,6 @@ impl VideoMixer {
             .add_many([&compositor, &filter, &tee])
             .map_err(MixerError::glib)?;
         gst::Element::link_many([&compositor, &filter, &tee]).map_err(MixerError::glib)?;
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| MixerError::State("room pipeline would not start"))?;
         let bus_task = spawn_bus_watch(room.clone(), &pipeline);
         LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         Ok(Self {
@@ -190,7 +197,21 @@ impl VideoMixer {
             slots: HashMap::new(),
             encoders: HashMap::new(),
             bus_task,
+            running: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Starts composing (first receiver of video). Idempotent.
+    fn run(&self) -> Result<(), MixerError> {
+        if self.running.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| MixerError::State("room pipeline would not start"))?;
+        self.running.store(true, Ordering::SeqCst);
+        tracing::info!(room = %self.room, "composite started");
+        Ok(())
     }
 
     fn attach(
@@ -292,7 +313,10 @@ impl VideoMixer {
         }
         self.attach(id, bin, false)?;
         tracing::debug!(room = %self.room, session = %id, %codec, "video input started");
-        Ok(Arc::new(AppSrcSink(appsrc)))
+        Ok(Arc::new(AppSrcSink {
+            appsrc,
+            running: Arc::clone(&self.running),
+        }))
     }
 
     pub fn remove(&mut self, id: SessionId) {
@@ -389,6 +413,7 @@ impl VideoMixer {
             .link(&sink_pad)
             .map_err(|e| MixerError::Link(format!("{e:?}")))?;
         bin.sync_state_with_parent().map_err(MixerError::glib)?;
+        self.run()?;
         tracing::info!(room = %self.room, %codec, "composite encoder started");
         self.encoders.insert(
             codec,

@@ -229,6 +229,7 @@ impl Room {
             choose_send_codec(
                 &summary.receivable_video_codecs(),
                 &self.video.active_codecs(),
+                &self.registry.config.video.send_codecs,
             )
         } else {
             None

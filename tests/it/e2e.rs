@@ -370,3 +370,35 @@ async fn a_late_receiver_gets_a_keyframe_on_demand() {
     late.leave().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_before_any_viewer_are_seen_once_one_joins() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "dormant";
+    // OBS-style publishers: nobody receives video yet, so the room does not compose.
+    let mut first = ClientOptions::participant(RED.0, TONES[0]);
+    first.receive = false;
+    let first = Client::join(&base, room, first).await;
+    let mut second = ClientOptions::participant(BLUE.0, TONES[1]);
+    second.receive = false;
+    let second = Client::join(&base, room, second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
+    wait_for("the viewer decodes", LIMIT, || async {
+        viewer.received.frame_count() > 30 && viewer.received.audio_packet_count() > 50
+    })
+    .await;
+    let tiles = [
+        (first.location.as_str(), RED.1),
+        (second.location.as_str(), BLUE.1),
+    ];
+    assert_tiles(&server, room, &viewer.received, &tiles).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_hears("viewer", &viewer.received, &[TONES[0], TONES[1]], &[]);
+    for c in [first, second, viewer] {
+        c.leave().await;
+    }
+    server.stop().await;
+}
