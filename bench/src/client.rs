@@ -65,6 +65,8 @@ pub struct ClientOptions {
     pub silent: bool,
     /// Offer no video section at all.
     pub audio_only: bool,
+    /// Where the client's media socket binds.
+    pub bind_ip: std::net::IpAddr,
 }
 
 impl ClientOptions {
@@ -83,6 +85,7 @@ impl ClientOptions {
             clip_markers: false,
             silent: false,
             audio_only: false,
+            bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 
@@ -101,6 +104,7 @@ impl ClientOptions {
             clip_markers: false,
             silent: false,
             audio_only: false,
+            bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -539,12 +543,12 @@ impl Client {
             .with_setting_engine(
                 SettingEngineBuilder::new()
                     .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                    .with_include_loopback_candidate(true)
+                    .with_include_loopback_candidate(opts.bind_ip.is_loopback())
                     .build(),
             )
             .with_interceptor_registry(registry)
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(vec![std::net::SocketAddr::new(opts.bind_ip, 0)])
             .build()
             .await
             .map_err(|e| e.to_string())?;

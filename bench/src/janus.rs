@@ -1,6 +1,11 @@
 //! Janus AudioBridge (Debian's `janus` package) as the reference audio mixer: started with a
-//! configuration written here (HTTP transport and the AudioBridge plugin only, loopback ICE),
-//! and joined through its HTTP API by the same webrtc-rs participants the Mixdown runs use.
+//! configuration written here (HTTP transport and the AudioBridge plugin only) and joined
+//! through its HTTP API by the same webrtc-rs participants the Mixdown runs use.
+//!
+//! Janus's ICE (libnice) never gathers loopback candidates, so Janus runs in a network
+//! namespace made for the run, joined to this one by a veth pair on a private /30
+//! (`HOST_IP` here, `JANUS_IP` there). Nothing leaves the machine; the namespace and its
+//! link are deleted when the run ends. This needs root (as `make bench` has).
 
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
@@ -11,12 +16,78 @@ use std::time::Duration;
 pub const JANUS: &str = "/usr/bin/janus";
 const LIB: &str = "/usr/lib/x86_64-linux-gnu/janus";
 pub const ROOM: u64 = 4242;
+/// This side of the veth pair: the participants bind here.
+pub const HOST_IP: &str = "10.77.0.1";
+/// Janus's side.
+pub const JANUS_IP: &str = "10.77.0.2";
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip (iproute2)")?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow!("ip {} failed: {status}", args.join(" ")))
+    }
+}
+
+/// A network namespace with one veth link to this namespace; deleted on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    fn create() -> anyhow::Result<Self> {
+        let tag = std::process::id() % 100_000;
+        let ns = Self {
+            name: format!("mdjanus{tag}"),
+            host_if: format!("mdj{tag}a"),
+        };
+        let peer = format!("mdj{tag}b");
+        let _ = ip(&["netns", "del", &ns.name]);
+        let _ = ip(&["link", "del", &ns.host_if]);
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("{JANUS_IP}/30"), "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
 
 /// A running Janus, stopped on drop.
 pub struct Janus {
     child: Child,
     pub base: String,
     dir: PathBuf,
+    _netns: Netns,
 }
 
 impl Janus {
@@ -36,7 +107,7 @@ impl Janus {
                  transports_folder = \"{LIB}/transports\"\n  events_folder = \"{LIB}/events\"\n  \
                  loggers_folder = \"{LIB}/loggers\"\n  debug_level = {level}\n  session_timeout = 120\n}}\n\
                  media: {{\n  rtp_port_range = \"{a}-{b}\"\n}}\n\
-                 nat: {{\n  ice_enforce_list = \"lo\"\n  ignore_mdns = true\n}}\n\
+                 nat: {{\n  ignore_mdns = true\n}}\n\
                  plugins: {{\n  disable = \"{plugins}\"\n}}\n\
                  transports: {{\n  disable = \"{transports}\"\n}}\n\
                  events: {{\n  broadcast = false\n}}\n",
@@ -54,13 +125,16 @@ impl Janus {
             dir.join("janus.transport.http.jcfg"),
             format!(
                 "general: {{\n  json = \"compact\"\n  base_path = \"/janus\"\n  http = true\n  \
-                 port = {http_port}\n  ip = \"127.0.0.1\"\n  https = false\n}}\n\
+                 port = {http_port}\n  ip = \"{JANUS_IP}\"\n  https = false\n}}\n\
                  admin: {{\n  admin_http = false\n}}\n"
             ),
         )?;
         std::fs::write(dir.join("janus.plugin.audiobridge.jcfg"), "general: {\n}\n")?;
         let log = std::fs::File::create(dir.join("janus.log"))?;
-        let child = Command::new(JANUS)
+        let netns = Netns::create()?;
+        // `ip netns exec` execs Janus in place: the child's pid is Janus's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns.name, JANUS])
             .arg("--configs-folder")
             .arg(&dir)
             .arg("--config")
@@ -71,8 +145,9 @@ impl Janus {
             .with_context(|| format!("starting {JANUS} (Debian package janus)"))?;
         let janus = Self {
             child,
-            base: format!("http://127.0.0.1:{http_port}/janus"),
+            base: format!("http://{JANUS_IP}:{http_port}/janus"),
             dir,
+            _netns: netns,
         };
         for _ in 0..100 {
             if reqwest::get(format!("{}/info", janus.base))

@@ -21,6 +21,9 @@ pub struct Plan {
     pub runs: usize,
     /// (participants, output codec)
     pub rooms: Vec<(usize, VideoCodec)>,
+    /// Rooms whose participants publish video only (VP8 out): the server's video path alone,
+    /// compared with the bare pipeline, which does no audio either.
+    pub video_only_rooms: Vec<usize>,
     pub bare: Vec<usize>,
     pub capacity: Vec<usize>,
     pub idle_rooms: usize,
@@ -88,18 +91,27 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     };
     let mut errors = Vec::new();
     let mut rows = Vec::new();
-    for (n, out) in &plan.rooms {
+    let all_rooms = plan.rooms.iter().map(|(n, out)| (*n, *out, true)).chain(
+        plan.video_only_rooms
+            .iter()
+            .map(|n| (*n, VideoCodec::Vp8, false)),
+    );
+    for (n, out, audio) in all_rooms {
         let mut row = Row {
-            name: format!("{n} participants, VP8 360p in, {} 720p30 out", out),
-            participants: *n,
+            name: format!(
+                "{n} participants, VP8 360p in, {out} 720p30 out{}",
+                if audio { "" } else { ", video only" }
+            ),
+            participants: n,
             runs: Vec::new(),
         };
         for _ in 0..plan.runs {
             match server_run(
                 &plan.server_bin,
                 clips,
-                *n,
-                *out,
+                n,
+                out,
+                audio,
                 &plan.timing,
                 next_ports(),
             )
@@ -140,6 +152,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                 clips,
                 *n,
                 VideoCodec::Vp8,
+                true,
                 &plan.timing,
                 next_ports(),
             )
@@ -310,10 +323,12 @@ impl Report {
         }
         let _ = writeln!(md);
         for b in &self.bare {
+            // Compare like with like: the video-only room if it was run.
             let server = self
                 .rows
                 .iter()
-                .find(|r| r.participants == b.participants && r.name.contains("VP8 720p30"));
+                .filter(|r| r.participants == b.participants && r.name.contains("VP8 720p30"))
+                .max_by_key(|r| r.name.contains("video only"));
             if let (Some(s), Some(sc), Some(bc)) = (server, server.and_then(Row::cpu), b.cpu()) {
                 let _ = writeln!(
                     md,

@@ -178,13 +178,14 @@ fn participant(clips: &Arc<Clips>, out: VideoCodec, markers: bool) -> ClientOpti
     o
 }
 
-/// One run: `n` participants sending the VP8 clip (or H.264 for H.264-only receivers), all
-/// receiving `out`, and one decoding WHEP probe.
+/// One run: `n` participants sending the VP8 clip and (if `audio`) speech, all receiving
+/// `out`, and one decoding WHEP probe.
 pub async fn server_run(
     bin: &Path,
     clips: &Arc<Clips>,
     n: usize,
     out: VideoCodec,
+    audio: bool,
     timing: &Timing,
     ports: (u16, u16),
 ) -> anyhow::Result<RunResult> {
@@ -201,6 +202,9 @@ pub async fn server_run(
     for i in 0..n {
         join_starts.push(Instant::now());
         let mut opts = participant(clips, out, i == 0);
+        if !audio {
+            opts.tone_hz = None;
+        }
         if out == VideoCodec::H264 {
             // VP8 in, H.264 out: participants send VP8 and accept both.
             opts.send_codec = VideoCodec::Vp8;
@@ -441,14 +445,12 @@ pub async fn audio_room_run(
             admin.create_room().await?;
             for i in 0..n {
                 let handle = crate::janus::Handle::attach(&janus.base).await?;
-                let c = Client::connect(
-                    &janus.base,
-                    audio_participant(clips, i < speakers),
-                    async move |offer: String| {
-                        let answer = handle.join(offer).await.map_err(|e| format!("{e:#}"))?;
-                        Ok((String::new(), answer))
-                    },
-                )
+                let mut opts = audio_participant(clips, i < speakers);
+                opts.bind_ip = crate::janus::HOST_IP.parse()?;
+                let c = Client::connect(&janus.base, opts, async move |offer: String| {
+                    let answer = handle.join(offer).await.map_err(|e| format!("{e:#}"))?;
+                    Ok((String::new(), answer))
+                })
                 .await
                 .map_err(|e| anyhow!("participant {i}: {e}"))?;
                 clients.push(c);
