@@ -33,6 +33,9 @@ struct Cli {
     /// A tiny run that only checks the harness works (one run of two participants).
     #[arg(long)]
     smoke: bool,
+    /// Rooms opened and left in the idle scenario.
+    #[arg(long, default_value_t = 50)]
+    idle_rooms: usize,
     /// Participants of the audio-only room (three of them speak).
     #[arg(long, default_value_t = 30)]
     audio_participants: usize,
@@ -89,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 video_only_rooms: vec![4, 9],
                 bare: vec![4, 9],
                 capacity: vec![12, 16, 20],
-                idle_rooms: 50,
+                idle_rooms: cli.idle_rooms,
                 audio_rooms: vec![(cli.audio_participants, 3)],
                 command,
             },

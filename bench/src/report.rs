@@ -289,16 +289,16 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| scenario | server CPU (cores) | RSS (MiB) | fps | late frames | video latency p50 / p99 (ms) | audio latency p50 / p99 (ms) | join → first frame p50 (ms) |"
+            "| scenario | server CPU (cores) | RSS (MiB) | fps | late frames | video latency p50 / p99 (ms) | audio latency p50 / p99 (ms) | join → first frame p50 (ms) | generator CPU (cores) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for row in self.rows.iter().chain(&self.capacity_rows) {
             let v = row.pooled(|r| &r.video_latency_ms);
             let a = row.pooled(|r| &r.audio_latency_ms);
             let j = row.pooled(|r| &r.join_ms);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+                "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} |",
                 row.name,
                 fmt(row.cpu(), 2),
                 fmt(row.med(|r| r.rss_mib), 0),
@@ -309,13 +309,14 @@ impl Report {
                 fmt(quantile(&a, 0.5), 0),
                 fmt(quantile(&a, 0.99), 0),
                 fmt(quantile(&j, 0.5), 0),
+                fmt(row.med(|r| r.generator_cores), 2),
             );
         }
         let audio_rows = self.audio.iter().flat_map(|(m, j)| [m, j]);
         for row in self.bare.iter().chain(audio_rows).chain(&self.idle) {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | – | – | – | – | – |",
+                "| {} | {} | {} | – | – | – | – | – | – |",
                 row.name,
                 fmt(row.cpu(), 2),
                 fmt(row.med(|r| r.rss_mib), 0)

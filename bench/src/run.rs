@@ -27,6 +27,8 @@ pub struct Timing {
 #[derive(Clone, Debug, Default)]
 pub struct RunResult {
     pub cpu_cores: f64,
+    /// CPU of the load generator (this process) over the same window: it shares the machine.
+    pub generator_cores: f64,
     pub rss_mib: f64,
     pub fps: f64,
     pub late_share: f64,
@@ -228,9 +230,11 @@ pub async fn server_run(
     }
     let pid = server.pid();
     let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
+    let own = CpuWindow::start(std::process::id());
     let window_start = Instant::now();
     tokio::time::sleep(timing.window).await;
     let cpu_cores = cpu.cores().unwrap_or(f64::NAN);
+    let generator_cores = own.and_then(|o| o.cores()).unwrap_or(f64::NAN);
     let rss = rss_mib(pid).unwrap_or(f64::NAN);
 
     let frames: Vec<(Instant, u32)> = probe
@@ -280,6 +284,7 @@ pub async fn server_run(
     drop(server);
     Ok(RunResult {
         cpu_cores,
+        generator_cores,
         rss_mib: rss,
         fps,
         late_share,
