@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// one audio mix (each hears everyone but themselves), sent back as a single stream.
 /// Join with WHIP at POST /whip/{room}; watch with WHEP at POST /whep/{room}.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// TOML configuration file (see mixdown.example.toml); defaults apply without one.
     #[arg(short, long, env = "MIXDOWN_CONFIG")]

@@ -64,7 +64,6 @@ async fn main() -> anyhow::Result<()> {
                 },
                 runs: 1,
                 rooms: vec![(2, VideoCodec::Vp8)],
-                video_only_rooms: vec![],
                 bare: vec![2],
                 capacity: vec![],
                 idle_rooms: 2,
@@ -89,7 +88,6 @@ async fn main() -> anyhow::Result<()> {
                     (4, VideoCodec::H264),
                     (9, VideoCodec::H264),
                 ],
-                video_only_rooms: vec![4, 9],
                 bare: vec![4, 9],
                 capacity: vec![12, 16, 20],
                 idle_rooms: cli.idle_rooms,
@@ -107,7 +105,6 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("bare") {
             plan.bare.clear();
-            plan.video_only_rooms.clear();
         }
         if !keep("capacity") {
             plan.capacity.clear();

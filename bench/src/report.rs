@@ -21,9 +21,8 @@ pub struct Plan {
     pub runs: usize,
     /// (participants, output codec)
     pub rooms: Vec<(usize, VideoCodec)>,
-    /// Rooms whose participants publish video only (VP8 out): the server's video path alone,
-    /// compared with the bare pipeline, which does no audio either.
-    pub video_only_rooms: Vec<usize>,
+    /// Room sizes for the bare-pipeline comparison; each runs alternately with the server's
+    /// video-only room of the same size (the bare pipeline does no audio either).
     pub bare: Vec<usize>,
     pub capacity: Vec<usize>,
     pub idle_rooms: usize,
@@ -91,11 +90,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     };
     let mut errors = Vec::new();
     let mut rows = Vec::new();
-    let all_rooms = plan.rooms.iter().map(|(n, out)| (*n, *out, true)).chain(
-        plan.video_only_rooms
-            .iter()
-            .map(|n| (*n, VideoCodec::Vp8, false)),
-    );
+    let all_rooms = plan.rooms.iter().map(|(n, out)| (*n, *out, true));
     for (n, out, audio) in all_rooms {
         let mut row = Row {
             name: format!(
@@ -123,19 +118,41 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         }
         rows.push(row);
     }
+    // The bare pipeline and the server's video-only room run alternately, so both see the
+    // same moments of this shared machine; their ratio is taken from these pairs.
     let mut bare = Vec::new();
     for n in &plan.bare {
+        let mut server_row = Row {
+            name: format!("{n} participants, VP8 360p in, VP8 720p30 out, video only"),
+            participants: *n,
+            runs: Vec::new(),
+        };
         let mut row = Row {
             name: format!("bare gst-launch-1.0, {n} × VP8 360p → VP8 720p30"),
             participants: *n,
             runs: Vec::new(),
         };
         for _ in 0..plan.runs {
+            match server_run(
+                &plan.server_bin,
+                clips,
+                *n,
+                VideoCodec::Vp8,
+                false,
+                &plan.timing,
+                next_ports(),
+            )
+            .await
+            {
+                Ok(r) => server_row.runs.push(r),
+                Err(e) => errors.push(format!("{}: {e:#}", server_row.name)),
+            }
             match bare_run(&clips.vp8.path, *n, VideoCodec::Vp8, &plan.timing).await {
                 Ok(r) => row.runs.push(r),
                 Err(e) => errors.push(format!("{}: {e:#}", row.name)),
             }
         }
+        rows.push(server_row);
         bare.push(row);
     }
     let mut capacity = None;
@@ -196,19 +213,20 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     } else {
         None
     };
+    // Mixdown and Janus run alternately, for the same reason.
     let mut audio = Vec::new();
     for (n, speakers) in &plan.audio_rooms {
-        let mut pair = Vec::new();
-        for (server, label) in [
-            (AudioServer::Mixdown, "Mixdown"),
-            (AudioServer::JanusAudioBridge, "Janus AudioBridge"),
-        ] {
-            let mut row = Row {
-                name: format!("audio-only room, {n} participants ({speakers} speaking), {label}"),
-                participants: *n,
-                runs: Vec::new(),
-            };
-            for _ in 0..plan.runs {
+        let row = |label: &str| Row {
+            name: format!("audio-only room, {n} participants ({speakers} speaking), {label}"),
+            participants: *n,
+            runs: Vec::new(),
+        };
+        let mut pair = [row("Mixdown"), row("Janus AudioBridge")];
+        for _ in 0..plan.runs {
+            for (server, row) in [AudioServer::Mixdown, AudioServer::JanusAudioBridge]
+                .into_iter()
+                .zip(pair.iter_mut())
+            {
                 match audio_room_run(
                     server,
                     &plan.server_bin,
@@ -224,10 +242,8 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     Err(e) => errors.push(format!("{}: {e:#}", row.name)),
                 }
             }
-            pair.push(row);
         }
-        let janus = pair.pop().expect("two rows");
-        let mixdown = pair.pop().expect("two rows");
+        let [mixdown, janus] = pair;
         audio.push((mixdown, janus));
     }
     Report {

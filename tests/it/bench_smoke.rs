@@ -29,7 +29,6 @@ async fn the_benchmark_harness_produces_figures() {
         },
         runs: 1,
         rooms: vec![(2, VideoCodec::Vp8)],
-        video_only_rooms: vec![],
         bare: vec![2],
         capacity: vec![],
         idle_rooms: 2,
