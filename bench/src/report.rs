@@ -402,17 +402,25 @@ pub fn plots(report: &Report, dir: &Path) -> Vec<String> {
         return Vec::new();
     }
     let mut written = Vec::new();
-    let mut cpu = String::new();
-    for row in report
-        .rows
-        .iter()
-        .chain(&report.capacity_rows)
-        .filter(|r| r.name.contains("VP8 out") || r.name.contains("VP8 720p30 out"))
-    {
-        if let Some(c) = row.cpu() {
-            let _ = writeln!(cpu, "{} {c}", row.participants);
-        }
-    }
+    // Series sorted by room size: rooms with audio (the capacity probes included) and
+    // video-only rooms, each against the bare pipeline.
+    let series = |video_only: bool| {
+        let mut points: Vec<(usize, f64)> = report
+            .rows
+            .iter()
+            .chain(&report.capacity_rows)
+            .filter(|r| r.name.contains("VP8 out") || r.name.contains("VP8 720p30 out"))
+            .filter(|r| r.name.contains("video only") == video_only)
+            .filter_map(|r| r.cpu().map(|c| (r.participants, c)))
+            .collect();
+        points.sort_by_key(|p| p.0);
+        points.iter().fold(String::new(), |mut out, (n, c)| {
+            let _ = writeln!(out, "{n} {c}");
+            out
+        })
+    };
+    let cpu = series(false);
+    let cpu_video = series(true);
     let mut bare = String::new();
     for row in &report.bare {
         if let Some(c) = row.cpu() {
@@ -436,6 +444,7 @@ pub fn plots(report: &Report, dir: &Path) -> Vec<String> {
     }
     let files = [
         ("cpu.dat", cpu),
+        ("cpu-video.dat", cpu_video),
         ("bare.dat", bare),
         ("video-latency.dat", lat),
         ("audio-latency.dat", alat),
@@ -447,7 +456,7 @@ pub fn plots(report: &Report, dir: &Path) -> Vec<String> {
         "set terminal pngcairo size 800,500\n\
          set output '{dir}/cpu.png'\nset title 'Server CPU against participants (VP8 720p30 out)'\n\
          set xlabel 'participants'\nset ylabel 'cores'\nset key top left\nset grid\n\
-         plot '{dir}/cpu.dat' with linespoints title 'mixdown', '{dir}/bare.dat' with linespoints title 'bare gst-launch-1.0'\n\
+         plot '{dir}/cpu.dat' with linespoints title 'mixdown, video + audio', '{dir}/cpu-video.dat' with linespoints title 'mixdown, video only', '{dir}/bare.dat' with linespoints title 'bare gst-launch-1.0 (video only)'\n\
          set output '{dir}/latency.png'\nset title 'Marker latency on loopback (cumulative)'\n\
          set xlabel 'ms'\nset ylabel 'share of markers'\nset key bottom right\n\
          plot '{dir}/video-latency.dat' with lines title 'video', '{dir}/audio-latency.dat' with lines title 'audio'\n",
