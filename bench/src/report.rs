@@ -39,6 +39,20 @@ pub struct Row {
 }
 
 impl Row {
+    fn new(name: String, participants: usize) -> Self {
+        Self {
+            name,
+            participants,
+            runs: Vec::new(),
+        }
+    }
+    /// Keeps a run's result, or notes why it failed.
+    fn record(&mut self, result: anyhow::Result<RunResult>, errors: &mut Vec<String>) {
+        match result {
+            Ok(r) => self.runs.push(r),
+            Err(e) => errors.push(format!("{}: {e:#}", self.name)),
+        }
+    }
     fn med(&self, f: impl Fn(&RunResult) -> f64) -> Option<f64> {
         median(
             &self
@@ -90,31 +104,25 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     };
     let mut errors = Vec::new();
     let mut rows = Vec::new();
-    let all_rooms = plan.rooms.iter().map(|(n, out)| (*n, *out, true));
-    for (n, out, audio) in all_rooms {
-        let mut row = Row {
-            name: format!(
-                "{n} participants, VP8 360p in, {out} 720p30 out{}",
-                if audio { "" } else { ", video only" }
-            ),
-            participants: n,
-            runs: Vec::new(),
-        };
+    for (n, out) in &plan.rooms {
+        let mut row = Row::new(
+            format!("{n} participants, VP8 360p in, {out} 720p30 out"),
+            *n,
+        );
         for _ in 0..plan.runs {
-            match server_run(
-                &plan.server_bin,
-                clips,
-                n,
-                out,
-                audio,
-                &plan.timing,
-                next_ports(),
-            )
-            .await
-            {
-                Ok(r) => row.runs.push(r),
-                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
-            }
+            row.record(
+                server_run(
+                    &plan.server_bin,
+                    clips,
+                    *n,
+                    *out,
+                    true,
+                    &plan.timing,
+                    next_ports(),
+                )
+                .await,
+                &mut errors,
+            );
         }
         rows.push(row);
     }
@@ -122,35 +130,32 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     // same moments of this shared machine; their ratio is taken from these pairs.
     let mut bare = Vec::new();
     for n in &plan.bare {
-        let mut server_row = Row {
-            name: format!("{n} participants, VP8 360p in, VP8 720p30 out, video only"),
-            participants: *n,
-            runs: Vec::new(),
-        };
-        let mut row = Row {
-            name: format!("bare gst-launch-1.0, {n} × VP8 360p → VP8 720p30"),
-            participants: *n,
-            runs: Vec::new(),
-        };
+        let mut server_row = Row::new(
+            format!("{n} participants, VP8 360p in, VP8 720p30 out, video only"),
+            *n,
+        );
+        let mut row = Row::new(
+            format!("bare gst-launch-1.0, {n} × VP8 360p → VP8 720p30"),
+            *n,
+        );
         for _ in 0..plan.runs {
-            match server_run(
-                &plan.server_bin,
-                clips,
-                *n,
-                VideoCodec::Vp8,
-                false,
-                &plan.timing,
-                next_ports(),
-            )
-            .await
-            {
-                Ok(r) => server_row.runs.push(r),
-                Err(e) => errors.push(format!("{}: {e:#}", server_row.name)),
-            }
-            match bare_run(&clips.vp8.path, *n, VideoCodec::Vp8, &plan.timing).await {
-                Ok(r) => row.runs.push(r),
-                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
-            }
+            server_row.record(
+                server_run(
+                    &plan.server_bin,
+                    clips,
+                    *n,
+                    VideoCodec::Vp8,
+                    false,
+                    &plan.timing,
+                    next_ports(),
+                )
+                .await,
+                &mut errors,
+            );
+            row.record(
+                bare_run(&clips.vp8.path, *n, VideoCodec::Vp8, &plan.timing).await,
+                &mut errors,
+            );
         }
         rows.push(server_row);
         bare.push(row);
@@ -158,26 +163,21 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     let mut capacity = None;
     let mut capacity_rows = Vec::new();
     for n in &plan.capacity {
-        let mut row = Row {
-            name: format!("capacity probe: {n} participants, VP8 out"),
-            participants: *n,
-            runs: Vec::new(),
-        };
+        let mut row = Row::new(format!("capacity probe: {n} participants, VP8 out"), *n);
         for _ in 0..plan.runs {
-            match server_run(
-                &plan.server_bin,
-                clips,
-                *n,
-                VideoCodec::Vp8,
-                true,
-                &plan.timing,
-                next_ports(),
-            )
-            .await
-            {
-                Ok(r) => row.runs.push(r),
-                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
-            }
+            row.record(
+                server_run(
+                    &plan.server_bin,
+                    clips,
+                    *n,
+                    VideoCodec::Vp8,
+                    true,
+                    &plan.timing,
+                    next_ports(),
+                )
+                .await,
+                &mut errors,
+            );
         }
         let ok = row.cpu().is_some_and(|c| c <= CAPACITY_MAX_CORES)
             && row.med(|r| r.fps).is_some_and(|f| f >= CAPACITY_MIN_FPS)
@@ -190,24 +190,19 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         capacity_rows.push(row);
     }
     let idle = if plan.idle_rooms > 0 {
-        let mut row = Row {
-            name: format!("{} idle rooms (everyone left)", plan.idle_rooms),
-            participants: 0,
-            runs: Vec::new(),
-        };
+        let mut row = Row::new(format!("{} idle rooms (everyone left)", plan.idle_rooms), 0);
         for _ in 0..plan.runs {
-            match idle_run(
-                &plan.server_bin,
-                clips,
-                plan.idle_rooms,
-                &plan.timing,
-                next_ports(),
-            )
-            .await
-            {
-                Ok(r) => row.runs.push(r),
-                Err(e) => errors.push(format!("{}: {e:#}", row.name)),
-            }
+            row.record(
+                idle_run(
+                    &plan.server_bin,
+                    clips,
+                    plan.idle_rooms,
+                    &plan.timing,
+                    next_ports(),
+                )
+                .await,
+                &mut errors,
+            );
         }
         Some(row)
     } else {
@@ -216,10 +211,11 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     // Mixdown and Janus run alternately, for the same reason.
     let mut audio = Vec::new();
     for (n, speakers) in &plan.audio_rooms {
-        let row = |label: &str| Row {
-            name: format!("audio-only room, {n} participants ({speakers} speaking), {label}"),
-            participants: *n,
-            runs: Vec::new(),
+        let row = |label: &str| {
+            Row::new(
+                format!("audio-only room, {n} participants ({speakers} speaking), {label}"),
+                *n,
+            )
         };
         let mut pair = [row("Mixdown"), row("Janus AudioBridge")];
         for _ in 0..plan.runs {
@@ -227,20 +223,19 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                 .into_iter()
                 .zip(pair.iter_mut())
             {
-                match audio_room_run(
-                    server,
-                    &plan.server_bin,
-                    clips,
-                    *n,
-                    *speakers,
-                    &plan.timing,
-                    next_ports(),
-                )
-                .await
-                {
-                    Ok(r) => row.runs.push(r),
-                    Err(e) => errors.push(format!("{}: {e:#}", row.name)),
-                }
+                row.record(
+                    audio_room_run(
+                        server,
+                        &plan.server_bin,
+                        clips,
+                        *n,
+                        *speakers,
+                        &plan.timing,
+                        next_ports(),
+                    )
+                    .await,
+                    &mut errors,
+                );
             }
         }
         let [mixdown, janus] = pair;
