@@ -16,8 +16,6 @@ pub enum VideoCodec {
 }
 
 impl VideoCodec {
-    pub const ALL: [VideoCodec; 2] = [VideoCodec::Vp8, VideoCodec::H264];
-
     /// The RTP encoding name (as in `a=rtpmap`).
     pub fn encoding_name(self) -> &'static str {
         match self {

@@ -8,20 +8,17 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use mixdown::media::VideoCodec;
+use mixdown::rtc::{opus_params, sample_track, video_codec_params};
 use rtc::interceptor::Registry;
 use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::shared::marshal::Marshal;
 use std::sync::{Arc, Mutex};
@@ -125,54 +122,10 @@ pub struct Client {
     base: String,
 }
 
-fn codec_params(codec: VideoCodec) -> RTCRtpCodec {
-    let (mime, fmtp) = match codec {
-        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
-        VideoCodec::H264 => (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        ),
-    };
-    RTCRtpCodec {
-        mime_type: mime.into(),
-        clock_rate: 90000,
-        channels: 0,
-        sdp_fmtp_line: fmtp.into(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn opus_params() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.into(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-        rtcp_feedback: vec![],
-    }
-}
-
+/// A sending track of `kind` for the client, built like the server's own.
 fn track(kind: RtpCodecKind, codec: RTCRtpCodec) -> Arc<TrackLocalStaticSample> {
-    Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "client".into(),
-                format!("client-{kind}"),
-                format!("client-{kind}"),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(rand::random::<u32>() | 1),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            ),
-        )
-        .unwrap(),
-    )
+    // Mixdown's codecs all have a packetizer.
+    Arc::new(sample_track(kind, codec, "client", &kind.to_string()).expect("a packetizer"))
 }
 
 struct Handler {
@@ -520,7 +473,7 @@ impl Client {
             engine
                 .register_codec(
                     RTCRtpCodecParameters {
-                        rtp_codec: codec_params(*c),
+                        rtp_codec: video_codec_params(*c),
                         payload_type: 96 + 2 * i as u8,
                     },
                     RtpCodecKind::Video,
@@ -558,57 +511,49 @@ impl Client {
         } else {
             RTCRtpTransceiverDirection::Sendonly
         };
-        let recvonly = || {
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                streams: vec![],
-                send_encodings: vec![],
-            })
-        };
+        // One section per kind: a sending track (sendrecv or sendonly), or receive-only.
         let mut senders = Vec::new();
-        match opts.colour {
-            Some(_) => {
-                let t = track(RtpCodecKind::Video, codec_params(opts.send_codec));
-                pc.add_transceiver_from_track(
-                    t.clone() as Arc<dyn TrackLocal>,
-                    Some(RTCRtpTransceiverInit {
+        let video = opts.colour.map(|_| video_codec_params(opts.send_codec));
+        let sections = [
+            (
+                "video",
+                RtpCodecKind::Video,
+                video,
+                opts.receive && !opts.audio_only,
+            ),
+            (
+                "audio",
+                RtpCodecKind::Audio,
+                opts.tone_hz.map(|_| opus_params()),
+                opts.receive,
+            ),
+        ];
+        for (name, kind, send, receive) in sections {
+            match send {
+                Some(codec) => {
+                    let t = track(kind, codec);
+                    let init = RTCRtpTransceiverInit {
                         direction,
                         streams: vec![],
                         send_encodings: vec![],
-                    }),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                senders.push(("video", t));
-            }
-            None if opts.receive && !opts.audio_only => {
-                pc.add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            None => {}
-        }
-        match opts.tone_hz {
-            Some(_) => {
-                let t = track(RtpCodecKind::Audio, opus_params());
-                pc.add_transceiver_from_track(
-                    t.clone() as Arc<dyn TrackLocal>,
-                    Some(RTCRtpTransceiverInit {
-                        direction,
+                    };
+                    pc.add_transceiver_from_track(t.clone() as Arc<dyn TrackLocal>, Some(init))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    senders.push((name, t));
+                }
+                None if receive => {
+                    let init = RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
                         streams: vec![],
                         send_encodings: vec![],
-                    }),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                senders.push(("audio", t));
+                    };
+                    pc.add_transceiver_from_kind(kind, Some(init))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                None => {}
             }
-            None if opts.receive => {
-                pc.add_transceiver_from_kind(RtpCodecKind::Audio, recvonly())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            None => {}
         }
         let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
         pc.set_local_description(offer)

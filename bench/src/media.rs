@@ -198,13 +198,14 @@ fn launch(desc: &str) -> anyhow::Result<gst::Pipeline> {
         .map_err(|_| anyhow!("not a pipeline"))
 }
 
-fn generate_video(path: &Path, codec: ClipCodec, seconds: u64) -> anyhow::Result<()> {
-    let desc = format!(
-        "appsrc name=src format=time caps=video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1 \
-         ! {} ! filesink name=out",
-        codec.encoder()
-    );
-    let pipeline = launch(&desc)?;
+/// Runs `desc` (an `appsrc name=src` … `filesink name=out` chain) to completion, writing `path`
+/// from `buffers`: (data, pts, duration) in nanoseconds.
+fn encode_to_file(
+    desc: &str,
+    path: &Path,
+    buffers: impl Iterator<Item = (Vec<u8>, u64, u64)> + Send,
+) -> anyhow::Result<()> {
+    let pipeline = launch(desc)?;
     pipeline
         .by_name("out")
         .ok_or_else(|| anyhow!("no filesink"))?
@@ -213,15 +214,13 @@ fn generate_video(path: &Path, codec: ClipCodec, seconds: u64) -> anyhow::Result
         .by_name("src")
         .and_then(|s| s.downcast::<gst_app::AppSrc>().ok())
         .ok_or_else(|| anyhow!("no appsrc"))?;
-    let frames = seconds * FPS;
-    let frame_ns = 1_000_000_000 / FPS;
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            for i in 0..frames {
-                let mut buffer = gst::Buffer::from_slice(raw_frame(i));
+            for (data, pts, duration) in buffers {
+                let mut buffer = gst::Buffer::from_slice(data);
                 if let Some(b) = buffer.get_mut() {
-                    b.set_pts(gst::ClockTime::from_nseconds(i * frame_ns));
-                    b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+                    b.set_pts(gst::ClockTime::from_nseconds(pts));
+                    b.set_duration(gst::ClockTime::from_nseconds(duration));
                 }
                 if src.push_buffer(buffer).is_err() {
                     return;
@@ -233,38 +232,29 @@ fn generate_video(path: &Path, codec: ClipCodec, seconds: u64) -> anyhow::Result
     })
 }
 
+fn generate_video(path: &Path, codec: ClipCodec, seconds: u64) -> anyhow::Result<()> {
+    let desc = format!(
+        "appsrc name=src format=time caps=video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1 \
+         ! {} ! filesink name=out",
+        codec.encoder()
+    );
+    let frame_ns = 1_000_000_000 / FPS;
+    let frames = (0..seconds * FPS).map(|i| (raw_frame(i), i * frame_ns, frame_ns));
+    encode_to_file(&desc, path, frames)
+}
+
 fn generate_speech(path: &Path, seconds: u64) -> anyhow::Result<()> {
     let desc = format!(
         "appsrc name=src format=time caps=audio/x-raw,format=F32LE,rate={SAMPLE_RATE},channels=1,layout=interleaved \
          ! audioconvert ! opusenc frame-size=20 bitrate=32000 ! oggmux ! filesink name=out"
     );
-    let pipeline = launch(&desc)?;
-    pipeline
-        .by_name("out")
-        .ok_or_else(|| anyhow!("no filesink"))?
-        .set_property("location", path.to_string_lossy().to_string());
-    let src = pipeline
-        .by_name("src")
-        .and_then(|s| s.downcast::<gst_app::AppSrc>().ok())
-        .ok_or_else(|| anyhow!("no appsrc"))?;
+    const FRAME_NS: u64 = 20_000_000;
     let pcm = speech(seconds);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            for (i, chunk) in pcm.chunks(960).enumerate() {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-                let mut buffer = gst::Buffer::from_slice(bytes);
-                if let Some(b) = buffer.get_mut() {
-                    b.set_pts(gst::ClockTime::from_mseconds(i as u64 * 20));
-                    b.set_duration(gst::ClockTime::from_mseconds(20));
-                }
-                if src.push_buffer(buffer).is_err() {
-                    return;
-                }
-            }
-            let _ = src.end_of_stream();
-        });
-        run_to_eos(&pipeline)
-    })
+    let chunks = pcm.chunks(960).enumerate().map(|(i, chunk)| {
+        let bytes = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        (bytes, i as u64 * FRAME_NS, FRAME_NS)
+    });
+    encode_to_file(&desc, path, chunks)
 }
 
 /// Reads every encoded frame of a file through `demux`.

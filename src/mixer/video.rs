@@ -325,10 +325,6 @@ impl VideoMixer {
         }
     }
 
-    pub fn has_tile(&self, id: SessionId) -> bool {
-        self.slots.contains_key(&id)
-    }
-
     fn set_tile(&mut self, id: SessionId, tile: Tile) {
         let framerate = self.settings.framerate;
         if let Some(slot) = self.slots.get_mut(&id) {
@@ -447,10 +443,6 @@ impl VideoMixer {
         LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
         self.bus_task.abort();
         let _ = self.bus_task.await;
-    }
-
-    pub fn pipeline(&self) -> &gst::Pipeline {
-        &self.pipeline
     }
 }
 

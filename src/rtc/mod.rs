@@ -10,7 +10,10 @@ mod session;
 
 pub use candidates::rewrite_candidates;
 pub use ports::{PortLease, PortPool};
-pub use session::{PeerSession, SessionEvent, SessionMedia, TrackKind};
+pub use session::{
+    PeerSession, SessionEvent, SessionMedia, TrackKind, opus_params, sample_track,
+    video_codec_params,
+};
 
 use crate::config::{Config, IceServer};
 use std::net::IpAddr;
@@ -71,10 +74,6 @@ impl PeerFactory {
             settings: Arc::new(settings),
             ports,
         }
-    }
-
-    pub fn settings(&self) -> &RtcSettings {
-        &self.settings
     }
 
     /// Media ports currently held by live peer connections.

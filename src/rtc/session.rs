@@ -171,7 +171,9 @@ fn rtcp_feedback() -> Vec<RTCPFeedback> {
         .collect()
 }
 
-fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
+/// The codec parameters Mixdown negotiates for `codec` (H.264: constrained baseline,
+/// packetization-mode 1), with NACK, PLI and FIR feedback.
+pub fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
     let (mime, fmtp) = match codec {
         VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
         VideoCodec::H264 => (
@@ -188,7 +190,8 @@ fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
     }
 }
 
-fn opus_params() -> RTCRtpCodec {
+/// Opus at 48 kHz, stereo-capable, with in-band FEC, as browsers offer it.
+pub fn opus_params() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
@@ -229,17 +232,19 @@ fn media_engine() -> Result<MediaEngine, RtcError> {
     Ok(m)
 }
 
-fn local_track(
+/// A sample-writing track of one random SSRC, in stream `stream`, named `{stream}-{label}`.
+pub fn sample_track(
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
+    stream: &str,
     label: &str,
 ) -> Result<TrackLocalStaticSample, RtcError> {
     TrackLocalStaticSample::new(
         Instant::now(),
         MediaStreamTrack::new(
-            "mixdown".to_owned(),
-            format!("mixdown-{label}"),
-            format!("mixdown-{label}"),
+            stream.to_owned(),
+            format!("{stream}-{label}"),
+            format!("{stream}-{label}"),
             kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -352,9 +357,10 @@ impl PeerFactory {
 
         let mut writers: Vec<(Arc<TrackLocalStaticSample>, _, Writer)> = Vec::new();
         if let Some((codec, frames)) = media.video {
-            let track = Arc::new(local_track(
+            let track = Arc::new(sample_track(
                 RtpCodecKind::Video,
                 video_codec_params(codec),
+                "mixdown",
                 "video",
             )?);
             let sender = session
@@ -365,7 +371,12 @@ impl PeerFactory {
             writers.push((track, sender, Writer::Video(codec, frames)));
         }
         if let Some(frames) = media.audio {
-            let track = Arc::new(local_track(RtpCodecKind::Audio, opus_params(), "audio")?);
+            let track = Arc::new(sample_track(
+                RtpCodecKind::Audio,
+                opus_params(),
+                "mixdown",
+                "audio",
+            )?);
             let sender = session
                 .pc
                 .add_track(track.clone() as Arc<dyn TrackLocal>)
