@@ -11,7 +11,7 @@ PKGS=(
   libvpx-dev libopus-dev
 )
 case "${1:-}" in
-  --test) PKGS+=(chromium) ;;       # a real browser peer for the tests
+  --test) PKGS+=(chromium nginx libnginx-mod-rtmp) ;;  # a browser peer; an RTMP server for the RTMP test
   --bench) PKGS+=(gnuplot-nox janus) ;;   # plots; Janus AudioBridge as the audio reference
 esac
 

@@ -3,9 +3,10 @@
 //! `mixdown.example.toml` documents every key; a test parses it.
 
 use crate::media::VideoCodec;
+use crate::output::spec::RecordFormat;
 use serde::Deserialize;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
@@ -24,6 +25,12 @@ pub const DEFAULT_AUDIO_BITRATE_KBPS: u32 = 32;
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 20;
 pub const DEFAULT_MAX_PARTICIPANTS: usize = 25;
 pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
+/// Relative paths are resolved against the working directory (the repository for `make run`).
+pub const DEFAULT_RECORDING_DIR: &str = "recordings";
+pub const DEFAULT_HLS_DIR: &str = "hls";
+pub const DEFAULT_HLS_SEGMENT_S: u32 = 2;
+pub const DEFAULT_HLS_PLAYLIST_LENGTH: u32 = 5;
+pub const DEFAULT_RTMP_MAX_RETRY_S: u32 = 30;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +40,65 @@ pub struct Config {
     pub video: VideoConfig,
     pub audio: AudioConfig,
     pub room: RoomConfig,
+    pub recording: RecordingConfig,
+    pub hls: HlsConfig,
+    pub rtmp: RtmpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Where recordings are written (created if missing).
+    pub dir: PathBuf,
+    /// Start a recording in this format whenever a room opens.
+    pub auto_format: Option<RecordFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    /// Segments and playlists, one directory per room.
+    pub dir: PathBuf,
+    pub segment_s: u32,
+    /// Segments listed in the sliding-window playlist.
+    pub playlist_length: u32,
+    /// Start HLS whenever a room opens.
+    pub auto: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// Longest wait between attempts to reach a lost RTMP server.
+    pub max_retry_s: u32,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_RECORDING_DIR),
+            auto_format: None,
+        }
+    }
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_HLS_DIR),
+            segment_s: DEFAULT_HLS_SEGMENT_S,
+            playlist_length: DEFAULT_HLS_PLAYLIST_LENGTH,
+            auto: false,
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            max_retry_s: DEFAULT_RTMP_MAX_RETRY_S,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -273,6 +339,27 @@ impl Config {
             "room.max_participants",
             format!("{} must be within 1..=100", self.room.max_participants),
         )?;
+        check(
+            (1..=30).contains(&self.hls.segment_s),
+            "hls.segment_s",
+            format!("{} must be within 1..=30", self.hls.segment_s),
+        )?;
+        check(
+            (3..=100).contains(&self.hls.playlist_length),
+            "hls.playlist_length",
+            format!("{} must be within 3..=100", self.hls.playlist_length),
+        )?;
+        check(
+            (1..=3600).contains(&self.rtmp.max_retry_s),
+            "rtmp.max_retry_s",
+            format!("{} must be within 1..=3600", self.rtmp.max_retry_s),
+        )?;
+        for (key, dir) in [
+            ("recording.dir", &self.recording.dir),
+            ("hls.dir", &self.hls.dir),
+        ] {
+            check(!dir.as_os_str().is_empty(), key, "must name a directory")?;
+        }
         Ok(())
     }
 }
@@ -326,5 +413,9 @@ mod tests {
         assert!(e.to_string().contains("av1"), "{e}");
         let e = Config::from_toml("[[rtc.ice_servers]]\nurls = [\"http://x\"]\n", "x").unwrap_err();
         assert!(e.to_string().contains("rtc.ice_servers.urls"), "{e}");
+        let e = Config::from_toml("[recording]\nauto_format = \"avi\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("avi"), "{e}");
+        let e = Config::from_toml("[hls]\nsegment_s = 0\n", "x").unwrap_err();
+        assert!(e.to_string().contains("hls.segment_s"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ids;
 pub mod media;
 pub mod mixer;
+pub mod output;
 pub mod room;
 pub mod rtc;
 pub mod sdp;

@@ -1,9 +1,11 @@
 //! The HTTP surface: WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`) signalling (RFC 9725 and
 //! the WHEP draft), `DELETE` on the returned `Location`, a room info endpoint, CORS and
-//! `/healthz`. Handlers validate input, then talk to rooms through the registry; nothing here
+//! `/healthz`, recording and broadcast control (`outputs`) and HLS files. Handlers validate input,
+//! then talk to rooms through the registry; nothing here
 //! touches media.
 
 mod error;
+mod outputs;
 
 pub use error::ApiError;
 
@@ -43,6 +45,31 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{room}", post(whep))
         .route("/whep/{room}/{session}", axum::routing::delete(end_session))
         .route("/api/rooms/{room}", get(room_info))
+        .route(
+            "/api/rooms/{room}/recordings",
+            get(outputs::list_recordings).post(outputs::start_recording),
+        )
+        .route(
+            "/api/rooms/{room}/recordings/{id}",
+            get(outputs::get_recording).delete(outputs::stop_recording),
+        )
+        .route(
+            "/api/rooms/{room}/recordings/{id}/pause",
+            post(outputs::pause_recording),
+        )
+        .route(
+            "/api/rooms/{room}/recordings/{id}/resume",
+            post(outputs::resume_recording),
+        )
+        .route(
+            "/api/rooms/{room}/streams",
+            get(outputs::list_streams).post(outputs::start_stream),
+        )
+        .route(
+            "/api/rooms/{room}/streams/{id}",
+            get(outputs::get_stream).delete(outputs::stop_stream),
+        )
+        .route("/hls/{room}/{file}", get(outputs::hls_file))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(cors)
         .with_state(state)
@@ -63,7 +90,7 @@ async fn read_offer(headers: &HeaderMap, body: Body) -> Result<String, ApiError>
         .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/sdp") {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType("application/sdp"));
     }
     let too_large = ApiError::TooLarge {
         limit: MAX_SDP_BYTES,

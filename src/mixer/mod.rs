@@ -48,6 +48,19 @@ pub const REQUIRED_ELEMENTS: &[(&str, &str)] = &[
     ("h264parse", "gstreamer1.0-plugins-bad"),
     ("avdec_h264", "gstreamer1.0-libav"),
     ("x264enc", "gstreamer1.0-plugins-ugly"),
+    // Outputs (recordings, HLS, RTMP).
+    ("filesink", "libgstreamer1.0-0 (core)"),
+    ("webmmux", "gstreamer1.0-plugins-good"),
+    ("matroskamux", "gstreamer1.0-plugins-good"),
+    ("mp4mux", "gstreamer1.0-plugins-good"),
+    ("flvmux", "gstreamer1.0-plugins-good"),
+    ("aacparse", "gstreamer1.0-plugins-good"),
+    ("opusdec", "gstreamer1.0-plugins-base"),
+    ("audioconvert", "gstreamer1.0-plugins-base"),
+    ("audioresample", "gstreamer1.0-plugins-base"),
+    ("voaacenc", "gstreamer1.0-plugins-bad"),
+    ("hlssink2", "gstreamer1.0-plugins-bad"),
+    ("rtmp2sink", "gstreamer1.0-plugins-bad"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +117,32 @@ mod tests {
     }
 
     #[test]
+    fn every_output_fragment_parses_and_names_its_parts() {
+        init().expect("GStreamer with the required plugins");
+        for (name, text) in crate::output::FRAGMENTS {
+            let p = gst::parse::launch_full(text, None, gst::ParseFlags::FATAL_ERRORS)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p = p.downcast::<gst::Bin>().unwrap();
+            let wanted: &[&str] = if name == "aac-encoder" {
+                &["src", "enc", "sink"]
+            } else {
+                &["video", "audio", "sink"]
+            };
+            for part in wanted {
+                assert!(p.by_name(part).is_some(), "{name} has no element {part}");
+            }
+        }
+    }
+
+    #[test]
     fn every_required_element_is_known_to_the_check() {
-        for (name, text) in video::FRAGMENTS {
+        for (name, text) in video::FRAGMENTS
+            .iter()
+            .chain(crate::output::FRAGMENTS.iter())
+        {
             for token in text.split_whitespace() {
                 let factory = token.trim_start_matches('!');
-                if factory.is_empty() || factory.contains(['=', '/']) {
+                if factory.is_empty() || factory.contains(['=', '/', '.']) {
                     continue;
                 }
                 assert!(

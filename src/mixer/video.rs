@@ -453,7 +453,10 @@ fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {
 /// Logs errors and warnings; recomputes latency when an input joins. An error inside one
 /// participant's branch is logged and that branch is left to recover (decoders ignore errors),
 /// so one bad input never stops the room.
-fn spawn_bus_watch(room: RoomId, pipeline: &gst::Pipeline) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_bus_watch(
+    room: RoomId,
+    pipeline: &gst::Pipeline,
+) -> tokio::task::JoinHandle<()> {
     let bus = pipeline.bus();
     let weak = pipeline.downgrade();
     tokio::spawn(async move {

@@ -3,6 +3,8 @@
 //! When the last session leaves, the actor removes the room from the registry, closes the
 //! pipeline (state `Null`) and ends.
 
+mod outputs;
+
 use super::keyframe::KeyframeGate;
 use super::layout::{Tile, grid};
 use super::{
@@ -13,6 +15,8 @@ use crate::ids::{RoomId, SessionId};
 use crate::media::{SharedRtpSink, VideoCodec};
 use crate::mixer::audio::AudioMixerHandle;
 use crate::mixer::video::{VideoMixer, VideoSettings};
+use crate::output::OutputError;
+use crate::output::aac::AacEncoder;
 use crate::rtc::{PeerSession, SessionEvent, SessionMedia, TrackKind};
 use crate::sdp::{OfferSummary, choose_send_codec};
 use std::collections::HashMap;
@@ -47,6 +51,12 @@ struct Room {
     order: Vec<SessionId>,
     tiles: HashMap<SessionId, Tile>,
     gates: HashMap<VideoCodec, KeyframeGate>,
+    outputs: HashMap<SessionId, outputs::RunningOutput>,
+    /// The AAC encoder shared by MP4, HLS and RTMP outputs: its mixer listener id, the
+    /// encoder, and how many outputs use it.
+    aac: Option<(SessionId, AacEncoder)>,
+    aac_users: usize,
+    ended_tx: mpsc::Sender<SessionId>,
 }
 
 pub(crate) fn spawn(id: RoomId, generation: u64, registry: Arc<RegistryInner>) -> RoomHandle {
@@ -95,6 +105,7 @@ async fn run(
     };
     let audio = AudioMixerHandle::spawn(c.audio.bitrate_kbps, c.audio.jitter_ms);
     let (events_tx, mut events) = mpsc::channel(SESSION_EVENT_QUEUE);
+    let (ended_tx, mut ended) = mpsc::channel(outputs::ENDED_QUEUE);
     tracing::info!(room = %id, "room opened");
     let mut room = Room {
         id,
@@ -107,7 +118,12 @@ async fn run(
         order: Vec::new(),
         tiles: HashMap::new(),
         gates: HashMap::new(),
+        outputs: HashMap::new(),
+        aac: None,
+        aac_users: 0,
+        ended_tx,
     };
+    room.auto_start_outputs().await;
     loop {
         let deadline = room.gates.values().filter_map(|g| g.poll_timeout()).min();
         tokio::select! {
@@ -116,6 +132,7 @@ async fn run(
                 Some(cmd) => room.handle_command(cmd).await,
             },
             Some(event) = events.recv() => room.handle_event(event).await,
+            Some(output) = ended.recv() => room.output_ended(output).await,
             _ = sleep_until_opt(deadline) => room.poll_keyframes(),
         }
         if room.participants.is_empty() {
@@ -136,6 +153,9 @@ async fn run(
             }
             RoomCommand::Info { reply } => {
                 let _ = reply.send(room.info());
+            }
+            RoomCommand::StartOutput { reply, .. } => {
+                let _ = reply.send(Err(OutputError::RoomClosed));
             }
             RoomCommand::Shutdown => {}
         }
@@ -176,6 +196,13 @@ impl Room {
             }
             RoomCommand::Info { reply } => {
                 let _ = reply.send(self.info());
+            }
+            RoomCommand::StartOutput { request, reply } => {
+                let result = self.start_output(request).await;
+                if let Err(e) = &result {
+                    tracing::warn!(room = %self.id, "output refused: {e}");
+                }
+                let _ = reply.send(result);
             }
             RoomCommand::Shutdown => {}
         }
@@ -414,6 +441,8 @@ impl Room {
     }
 
     async fn close(mut self) {
+        // Outputs first, while the encoders still feed them: each writes its trailer.
+        self.stop_outputs().await;
         for (session, p) in self.participants.drain() {
             p.peer.close().await;
             tracing::info!(room = %self.id, %session, reason = "room closed", "left");

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::ids::{RoomId, SessionId};
 use crate::media::VideoCodec;
 use crate::mixer::MixerError;
+use crate::output::{OutputError, OutputInfo, OutputRequest, OutputTable};
 use crate::rtc::{PeerFactory, RtcError};
 use crate::sdp::OfferSummary;
 use layout::Tile;
@@ -99,6 +100,10 @@ pub(crate) enum RoomCommand {
     Info {
         reply: oneshot::Sender<RoomInfo>,
     },
+    StartOutput {
+        request: OutputRequest,
+        reply: oneshot::Sender<Result<OutputInfo, OutputError>>,
+    },
     Shutdown,
 }
 
@@ -133,6 +138,7 @@ pub(crate) struct RegistryInner {
     pub(crate) config: Config,
     pub(crate) peers: PeerFactory,
     pub(crate) rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    pub(crate) outputs: OutputTable,
     generation: AtomicU64,
     /// Room actors still running (teardown included): zero once every room is fully gone.
     pub(crate) live_actors: AtomicUsize,
@@ -164,6 +170,7 @@ impl RoomRegistry {
                 config,
                 peers,
                 rooms: Mutex::new(HashMap::new()),
+                outputs: OutputTable::default(),
                 generation: AtomicU64::new(1),
                 live_actors: AtomicUsize::new(0),
             }),
@@ -232,6 +239,32 @@ impl RoomRegistry {
         }
     }
 
+    /// Starts a recording or stream in an open room.
+    pub async fn start_output(
+        &self,
+        room: &RoomId,
+        request: OutputRequest,
+    ) -> Result<OutputInfo, OutputError> {
+        let closed = || {
+            OutputError::NotFound(format!(
+                "no room {room}: a room exists while someone is in it"
+            ))
+        };
+        let handle = self.get(room).ok_or_else(closed)?;
+        match handle
+            .request(|reply| RoomCommand::StartOutput { request, reply })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(closed()),
+        }
+    }
+
+    /// Status of every output, running or finished.
+    pub fn outputs(&self) -> &OutputTable {
+        &self.inner.outputs
+    }
+
     pub fn room_count(&self) -> usize {
         self.inner.rooms().len()
     }
@@ -255,7 +288,8 @@ impl RoomRegistry {
         for h in handles {
             let _ = h.tx.send(RoomCommand::Shutdown).await;
         }
-        for _ in 0..200 {
+        // Rooms finalise their recordings before they end (up to a few seconds each).
+        for _ in 0..600 {
             if self.live_rooms() == 0 {
                 return;
             }

@@ -3,6 +3,7 @@
 //! what they receive, and the measurements a person would make: colours in tiles, tones in the
 //! audio.
 
+pub mod media_file;
 pub mod webrtcbin;
 
 pub use mixdown_bench::client;
