@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (see README.md):
 #   make run   – install what is missing, build, start the server on 127.0.0.1:8080
-#   make test  – install what is missing (Chromium included), build, run every test
+#   make test  – install what is missing (Chromium, nginx-rtmp included), build, run every test
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 ARGS ?=

@@ -171,7 +171,12 @@ async fn recordings_in_every_format_show_both_participants() {
         started.push(info);
     }
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Someone joins and leaves mid-recording: the recordings neither stall nor gap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = Client::join(&base, room, sender(0xff0000ff, 1300.0)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.leave().await, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, list) = send(reqwest::Method::GET, &api, None).await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().map(|l| l.len()), Some(3), "{list}");
@@ -203,6 +208,17 @@ async fn recordings_in_every_format_show_both_participants() {
         let reported = Duration::from_secs_f64(done["duration_s"].as_f64().unwrap());
         let d = decode(&format!("filesrc location={}", path.display()), LIMIT).await;
         assert_recording(format, &d, elapsed, &tiles);
+        assert!(
+            d.max_video_gap() < Duration::from_millis(500),
+            "{format}: a join and a leave left a video gap of {:?}",
+            d.max_video_gap()
+        );
+        assert!(
+            d.audio_span().abs_diff(d.video_span()) < Duration::from_millis(500),
+            "{format}: audio {:?} vs video {:?}",
+            d.audio_span(),
+            d.video_span()
+        );
         assert!(
             d.video_span().abs_diff(reported) <= Duration::from_millis(500),
             "{format}: the API says {reported:?}, the file plays {:?}",
