@@ -5,7 +5,7 @@ use clap::Parser;
 use mixdown::media::VideoCodec;
 use mixdown_bench::media::load_or_generate;
 use mixdown_bench::report::{Plan, plots, run_plan};
-use mixdown_bench::run::Timing;
+use mixdown_bench::run::{OutputSpec, Timing};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +39,32 @@ struct Cli {
     /// Participants of the audio-only room (three of them speak).
     #[arg(long, default_value_t = 30)]
     audio_participants: usize,
-    /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio).
+    /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+}
+
+/// What recording and broadcasting add to a room: none (the baseline), a WebM recording (the
+/// room's own VP8 and Opus, muxed), an MP4 recording (adds the H.264 and AAC encoders), and all
+/// of WebM, MP4 and HLS at once (HLS shares MP4's H.264 and AAC encoders).
+fn output_variants() -> Vec<(String, Vec<OutputSpec>)> {
+    let rec = |format: &str| OutputSpec {
+        endpoint: "recordings",
+        body: serde_json::json!({ "format": format }),
+    };
+    let hls = OutputSpec {
+        endpoint: "streams",
+        body: serde_json::json!({ "kind": "hls" }),
+    };
+    vec![
+        ("no output".into(), vec![]),
+        ("WebM recording".into(), vec![rec("webm")]),
+        ("MP4 recording".into(), vec![rec("mp4")]),
+        (
+            "WebM + MP4 recordings + HLS".into(),
+            vec![rec("webm"), rec("mp4"), hls],
+        ),
+    ]
 }
 
 #[tokio::main]
@@ -68,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
                 capacity: vec![],
                 idle_rooms: 2,
                 audio_rooms: vec![],
+                output_room: 2,
+                outputs: vec![],
                 command,
             },
             6,
@@ -92,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
                 capacity: vec![12, 16, 20],
                 idle_rooms: cli.idle_rooms,
                 audio_rooms: vec![(cli.audio_participants, 3)],
+                output_room: 4,
+                outputs: output_variants(),
                 command,
             },
             20,
@@ -114,6 +141,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("audio") {
             plan.audio_rooms.clear();
+        }
+        if !keep("outputs") {
+            plan.outputs.clear();
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

@@ -3,7 +3,9 @@
 
 use crate::measure::{median, quantile};
 use crate::media::Clips;
-use crate::run::{AudioServer, RunResult, Timing, audio_room_run, bare_run, idle_run, server_run};
+use crate::run::{
+    AudioServer, OutputSpec, RunResult, Timing, audio_room_run, bare_run, idle_run, server_run,
+};
 use mixdown::media::VideoCodec;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,11 @@ pub struct Plan {
     pub idle_rooms: usize,
     /// Audio-only rooms: (participants, speakers), on Mixdown and on Janus AudioBridge.
     pub audio_rooms: Vec<(usize, usize)>,
+    /// Participants of the room whose outputs are measured.
+    pub output_room: usize,
+    /// Output variants (label, outputs started), the first being the baseline; they run
+    /// alternately.
+    pub outputs: Vec<(String, Vec<OutputSpec>)>,
     pub command: String,
 }
 
@@ -87,6 +94,8 @@ pub struct Report {
     pub idle: Option<Row>,
     /// Pairs of rows (Mixdown, Janus AudioBridge) for each audio-only room.
     pub audio: Vec<(Row, Row)>,
+    /// One row per output variant, the baseline first.
+    pub outputs: Vec<Row>,
     pub errors: Vec<String>,
 }
 
@@ -119,6 +128,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
+                    &[],
                 )
                 .await,
                 &mut errors,
@@ -148,6 +158,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     false,
                     &plan.timing,
                     next_ports(),
+                    &[],
                 )
                 .await,
                 &mut errors,
@@ -174,6 +185,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
+                    &[],
                 )
                 .await,
                 &mut errors,
@@ -241,6 +253,32 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         let [mixdown, janus] = pair;
         audio.push((mixdown, janus));
     }
+    // Output variants run alternately too: each one's extra cost is read against the
+    // baseline measured at the same moments.
+    let n = plan.output_room;
+    let mut outputs: Vec<Row> = plan
+        .outputs
+        .iter()
+        .map(|(label, _)| Row::new(format!("{n} participants, VP8 720p30 out, {label}"), n))
+        .collect();
+    for _ in 0..plan.runs {
+        for ((_, specs), row) in plan.outputs.iter().zip(outputs.iter_mut()) {
+            row.record(
+                server_run(
+                    &plan.server_bin,
+                    clips,
+                    n,
+                    VideoCodec::Vp8,
+                    true,
+                    &plan.timing,
+                    next_ports(),
+                    specs,
+                )
+                .await,
+                &mut errors,
+            );
+        }
+    }
     Report {
         rows,
         bare,
@@ -248,6 +286,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         capacity_rows,
         idle,
         audio,
+        outputs,
         errors,
     }
 }
@@ -303,7 +342,12 @@ impl Report {
             "| scenario | server CPU (cores) | RSS (MiB) | fps | late frames | video latency p50 / p99 (ms) | audio latency p50 / p99 (ms) | join → first frame p50 (ms) | generator CPU (cores) |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-        for row in self.rows.iter().chain(&self.capacity_rows) {
+        for row in self
+            .rows
+            .iter()
+            .chain(&self.capacity_rows)
+            .chain(&self.outputs)
+        {
             let v = row.pooled(|r| &r.video_latency_ms);
             let a = row.pooled(|r| &r.audio_latency_ms);
             let j = row.pooled(|r| &r.join_ms);
@@ -361,6 +405,21 @@ impl Report {
                     m.participants,
                     mc / jc
                 );
+            }
+        }
+        if let Some((base, rest)) = self.outputs.split_first()
+            && let Some(bc) = base.cpu()
+        {
+            for row in rest {
+                if let Some(c) = row.cpu() {
+                    let _ = writeln!(
+                        md,
+                        "{}: {:+.2} cores over the same room without outputs ({c:.2} vs {bc:.2}, ratio {:.2}).  ",
+                        row.name,
+                        c - bc,
+                        c / bc
+                    );
+                }
             }
         }
         if !self.capacity_rows.is_empty() {

@@ -182,6 +182,15 @@ fn participant(clips: &Arc<Clips>, out: VideoCodec, markers: bool) -> ClientOpti
 
 /// One run: `n` participants sending the VP8 clip and (if `audio`) speech, all receiving
 /// `out`, and one decoding WHEP probe.
+/// A recording or stream started through the API once the room is full: `endpoint` is
+/// `recordings` or `streams`, `body` the JSON request.
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    pub endpoint: &'static str,
+    pub body: serde_json::Value,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn server_run(
     bin: &Path,
     clips: &Arc<Clips>,
@@ -190,13 +199,44 @@ pub async fn server_run(
     audio: bool,
     timing: &Timing,
     ports: (u16, u16),
+    outputs: &[OutputSpec],
 ) -> anyhow::Result<RunResult> {
     // H.264 out: the server prefers H.264 for everyone who accepts it (participants still
     // send VP8 in the same video section).
-    let extra = match out {
+    let mut extra = match out {
         VideoCodec::H264 => "send_codecs = [\"h264\", \"vp8\"]",
         VideoCodec::Vp8 => "",
-    };
+    }
+    .to_owned();
+    let out_dir = std::env::temp_dir().join(format!(
+        "mixdown-bench-outputs-{}-{}",
+        std::process::id(),
+        ports.0
+    ));
+    if !outputs.is_empty() {
+        extra.push_str(&format!(
+            "\n[recording]\ndir = \"{}\"\n[hls]\ndir = \"{}\"\n",
+            out_dir.join("recordings").display(),
+            out_dir.join("hls").display()
+        ));
+    }
+    let result = room_run(bin, clips, n, out, audio, timing, ports, outputs, &extra).await;
+    let _ = std::fs::remove_dir_all(&out_dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn room_run(
+    bin: &Path,
+    clips: &Arc<Clips>,
+    n: usize,
+    out: VideoCodec,
+    audio: bool,
+    timing: &Timing,
+    ports: (u16, u16),
+    outputs: &[OutputSpec],
+    extra: &str,
+) -> anyhow::Result<RunResult> {
     let server = ServerProcess::start(bin, ports, extra).await?;
     let room = "bench";
     let mut clients = Vec::new();
@@ -224,6 +264,22 @@ pub async fn server_run(
         .await
         .map_err(|e| anyhow!("probe: {e}"))?;
     *probe.received.probe_hz.lock().unwrap() = Some(CLICK_HZ);
+    let http = reqwest::Client::new();
+    for o in outputs {
+        let r = http
+            .post(format!("{}/api/rooms/{room}/{}", server.base, o.endpoint))
+            .json(&o.body)
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
+            return Err(anyhow!(
+                "starting {}: {} {}",
+                o.body,
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ));
+        }
+    }
     tokio::time::sleep(timing.warmup).await;
     if let Some(tile) = server.tile_of(room, &clients[0].location).await {
         *probe.received.watch.lock().unwrap() = Some(patch_in_tile(tile));

@@ -245,8 +245,11 @@ impl OutputTable {
         id: &str,
         make: impl FnOnce(oneshot::Sender<Result<OutputInfo, OutputError>>) -> Control,
     ) -> Result<OutputInfo, OutputError> {
-        let unknown =
-            || OutputError::NotFound(format!("no {kind:?} {id} in room {room}").to_lowercase());
+        let what = match kind {
+            OutputKind::Recording => "recording",
+            OutputKind::Stream => "stream",
+        };
+        let unknown = || OutputError::NotFound(format!("no {what} {id} in room {room}"));
         let info = self.get(room, kind, id).ok_or_else(unknown)?;
         let control = SessionId::parse(id).and_then(|sid| {
             self.lock()

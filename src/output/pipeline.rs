@@ -184,3 +184,38 @@ impl OutputPipeline {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_stalled_destination_makes_the_output_drop_instead_of_queueing_forever() {
+        crate::mixer::init().expect("GStreamer");
+        // The video sink waits an hour for its clock: a destination that stopped taking data.
+        let stalled = "appsrc name=video ! fakesink name=sink sync=true ts-offset=3600000000000 \
+                       appsrc name=audio ! fakesink sync=false";
+        let caps = gst::Caps::builder("video/x-vp8").build();
+        let (pipe, _bus) =
+            OutputPipeline::build("stall-test", stalled, caps.clone(), caps, |_| Ok(())).unwrap();
+        pipe.start().unwrap();
+        let frame = EncodedFrame {
+            data: Bytes::from_static(&[0u8; 100]),
+            duration: Duration::from_millis(33),
+            keyframe: true,
+        };
+        let mut accepted = 0;
+        for i in 0..300u64 {
+            if pipe.push(Stream::Video, &frame, Duration::from_millis(33 * i)) {
+                accepted += 1;
+            }
+        }
+        // About 2 s of 33 ms frames are held (plus what the sink took), the rest refused.
+        assert!(
+            (55..=70).contains(&accepted),
+            "{accepted} of 300 frames accepted by a stalled output"
+        );
+        pipe.abort();
+    }
+}

@@ -4,7 +4,7 @@
 use mixdown::media::VideoCodec;
 use mixdown_bench::media::load_or_generate;
 use mixdown_bench::report::{Plan, run_plan};
-use mixdown_bench::run::Timing;
+use mixdown_bench::run::{OutputSpec, Timing};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +33,23 @@ async fn the_benchmark_harness_produces_figures() {
         capacity: vec![],
         idle_rooms: 2,
         audio_rooms: vec![],
+        output_room: 2,
+        outputs: vec![(
+            "WebM recording".into(),
+            vec![OutputSpec {
+                endpoint: "recordings",
+                body: serde_json::json!({ "format": "webm" }),
+            }],
+        )],
         command: "bench smoke test".into(),
     };
     let report = run_plan(&plan, &clips).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.outputs[0].runs[0].cpu_cores > 0.0,
+        "the output scenario measured nothing: {:?}",
+        report.outputs[0].runs
+    );
     let row = &report.rows[0];
     let run = &row.runs[0];
     assert!(run.cpu_cores > 0.0 && run.rss_mib > 0.0, "{run:?}");
