@@ -128,10 +128,14 @@ fn apply_tile(pad: &gst::Pad, filter: &gst::Element, tile: Tile, framerate: Opti
     pad.set_property("ypos", tile.y as i32);
     pad.set_property("width", tile.w as i32);
     pad.set_property("height", tile.h as i32);
+    apply_tile_caps(filter, tile.w, tile.h, framerate);
+}
+
+fn apply_tile_caps(filter: &gst::Element, width: u32, height: u32, framerate: Option<u32>) {
     let mut caps = gst::Caps::builder("video/x-raw")
         .field("format", "I420")
-        .field("width", tile.w as i32)
-        .field("height", tile.h as i32)
+        .field("width", width as i32)
+        .field("height", height as i32)
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
     if let Some(f) = framerate {
         caps = caps.field("framerate", gst::Fraction::new(f as i32, 1));
@@ -273,6 +277,12 @@ impl VideoMixer {
     /// A tile for a participant whose video has not started (or who publishes none).
     pub fn add_placeholder(&mut self, id: SessionId) -> Result<(), MixerError> {
         let bin = parse_bin(PLACEHOLDER)?;
+        // Fixed caps before the source starts: negotiating its first caps while the layout
+        // changes them could fail ("not-negotiated") and stop the tile for good. Later layout
+        // changes are plain renegotiations of a running source.
+        let filter = by_name(&bin, "tile")?;
+        let (w, h) = (self.settings.width, self.settings.height);
+        apply_tile_caps(&filter, w, h, Some(self.settings.framerate));
         self.attach(id, bin, true)
     }
 
