@@ -18,3 +18,4 @@ pub mod output;
 pub mod room;
 pub mod rtc;
 pub mod sdp;
+pub mod signal;

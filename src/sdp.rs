@@ -329,6 +329,44 @@ pub fn choose_send_codec(
         .or_else(|| preference.iter().copied().find(|c| offered.contains(c)))
 }
 
+/// Moves the candidates out of an answer for trickle ICE: the SDP without `a=candidate` and
+/// `a=end-of-candidates` lines, and each candidate with the `mid` and index of its m-section.
+pub fn take_candidates(sdp: &str) -> (String, Vec<crate::signal::CandidateInit>) {
+    // Each m-section's mid, wherever in the section `a=mid` appears.
+    let mut mids: Vec<Option<String>> = Vec::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            mids.push(None);
+        } else if let (Some(mid), Some(last)) = (line.strip_prefix("a=mid:"), mids.last_mut()) {
+            *last = Some(mid.trim().to_owned());
+        }
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut candidates = Vec::new();
+    let mut section: Option<usize> = None;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.starts_with("m=") {
+            section = Some(section.map_or(0, |s| s + 1));
+        }
+        if let Some(c) = bare.strip_prefix("a=") {
+            if c.starts_with("candidate:") {
+                candidates.push(crate::signal::CandidateInit {
+                    candidate: c.to_owned(),
+                    sdp_mid: section.and_then(|i| mids.get(i).cloned().flatten()),
+                    sdp_mline_index: section.map(|i| i as u16),
+                });
+                continue;
+            }
+            if c == "end-of-candidates" {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    (out, candidates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +471,30 @@ a=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=0;profile-level-id=42e0
         );
         assert_eq!(choose_send_codec(&[H264], &[], &[Vp8]), None, "not allowed");
         assert_eq!(choose_send_codec(&[Vp8, H264], &[H264], &[Vp8]), Some(Vp8));
+    }
+    #[test]
+    fn candidates_move_out_of_the_answer_with_their_section() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\n\
+                   a=end-of-candidates\r\na=mid:0\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+                   a=candidate:2 1 udp 2130706431 127.0.0.1 20001 typ host\r\n";
+        let (rest, c) = take_candidates(sdp);
+        assert!(!rest.contains("candidate"), "{rest}");
+        assert!(rest.contains("a=mid:0\r\n") && rest.contains("m=video"));
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[0].candidate,
+            "candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host"
+        );
+        assert_eq!(
+            (c[0].sdp_mid.as_deref(), c[0].sdp_mline_index),
+            (Some("0"), Some(0))
+        );
+        assert_eq!(
+            (c[1].sdp_mid.as_deref(), c[1].sdp_mline_index),
+            (Some("1"), Some(1))
+        );
     }
 }

@@ -6,11 +6,13 @@
 
 mod error;
 mod outputs;
+mod web;
+mod ws;
 
 pub use error::ApiError;
 
 use crate::ids::{RoomId, SessionId};
-use crate::room::{Role, RoomRegistry};
+use crate::room::{JoinOptions, Role, RoomRegistry};
 use crate::sdp::parse_offer;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -70,6 +72,12 @@ pub fn router(state: AppState) -> Router {
             get(outputs::get_stream).delete(outputs::stop_stream),
         )
         .route("/hls/{room}/{file}", get(outputs::hls_file))
+        .route("/ws", get(ws::upgrade))
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app_js))
+        .route("/style.css", get(web::style))
+        .route("/watch/{room}", get(web::watch))
+        .route("/watch.js", get(web::watch_js))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(cors)
         .with_state(state)
@@ -142,7 +150,10 @@ async fn join(
             "a WHEP offer must receive audio or video (recvonly or sendrecv)".into(),
         ));
     }
-    let answer = state.rooms.join(&room, role, offer, summary).await?;
+    let answer = state
+        .rooms
+        .join(&room, role, offer, summary, JoinOptions::guest())
+        .await?;
     let prefix = match role {
         Role::Whip => "whip",
         Role::Whep => "whep",

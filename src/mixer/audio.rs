@@ -69,12 +69,20 @@ impl RtpSink for SourceSink {
     }
 }
 
+/// Speaking changes waiting for the room (each is a flip of one source's state).
+pub const SPEAKING_QUEUE: usize = 64;
+
 impl AudioMixerHandle {
-    pub fn spawn(bitrate_kbps: u32, jitter_ms: u32) -> Self {
+    /// `speaking` receives `(source, speaking)` whenever a source starts or stops speaking.
+    pub fn spawn(
+        bitrate_kbps: u32,
+        jitter_ms: u32,
+        speaking: mpsc::Sender<(SessionId, bool)>,
+    ) -> Self {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (packets, packets_rx) = mpsc::channel(PACKET_QUEUE);
         let target = (SAMPLE_RATE * jitter_ms / 1000) as usize;
-        let task = tokio::spawn(run(control_rx, packets_rx, bitrate_kbps, target));
+        let task = tokio::spawn(run(control_rx, packets_rx, bitrate_kbps, target, speaking));
         Self {
             control,
             packets,
@@ -141,6 +149,7 @@ struct Listener {
 }
 
 struct Mixer {
+    speaking_tx: mpsc::Sender<(SessionId, bool)>,
     bitrate_kbps: u32,
     target: usize,
     sources: HashMap<SessionId, Source>,
@@ -242,9 +251,13 @@ impl Mixer {
 
     fn tick(&mut self) {
         self.full.fill(0.0);
-        for s in self.sources.values_mut() {
+        for (id, s) in self.sources.iter_mut() {
             s.active = s.fifo.pop_frame(&mut s.frame);
+            let was = s.speaking;
             s.speaking = s.voice.handle_frame(s.active.then(|| rms(&s.frame)));
+            if s.speaking != was {
+                let _ = self.speaking_tx.try_send((*id, s.speaking));
+            }
             if s.active {
                 for (f, x) in self.full.iter_mut().zip(&s.frame) {
                     *f += x;
@@ -319,8 +332,10 @@ async fn run(
     mut packets: mpsc::Receiver<(SessionId, Bytes)>,
     bitrate_kbps: u32,
     target: usize,
+    speaking_tx: mpsc::Sender<(SessionId, bool)>,
 ) {
     let mut mixer = Mixer {
+        speaking_tx,
         bitrate_kbps,
         target,
         sources: HashMap::new(),

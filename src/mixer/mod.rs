@@ -37,6 +37,7 @@ pub const REQUIRED_ELEMENTS: &[(&str, &str)] = &[
     ("videoscale", "gstreamer1.0-plugins-base"),
     ("videotestsrc", "gstreamer1.0-plugins-base"),
     ("compositor", "gstreamer1.0-plugins-base"),
+    ("textoverlay", "gstreamer1.0-x"),
     ("tee", "libgstreamer1.0-0 (core)"),
     ("queue", "libgstreamer1.0-0 (core)"),
     ("capsfilter", "libgstreamer1.0-0 (core)"),
@@ -107,7 +108,7 @@ mod tests {
             let bin = bin.downcast::<gst::Bin>().unwrap();
             let wanted: &[&str] = match name {
                 n if n.ends_with("-input") => &["src", "jitter", "tile"],
-                "placeholder" => &["src", "tile"],
+                "placeholder" => &["src", "text", "tile"],
                 _ => &["enc", "sink"],
             };
             for part in wanted {

@@ -46,6 +46,10 @@ pub fn live_pipelines() -> usize {
     LIVE_PIPELINES.load(Ordering::SeqCst)
 }
 
+/// Compositor stacking: tiles, and name cards over them.
+const ZORDER_TILE: u32 = 1;
+const ZORDER_CARD: u32 = 2;
+
 /// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect).
 pub const PLI_QUEUE: usize = 1;
 
@@ -79,6 +83,8 @@ pub struct VideoMixer {
     compositor: gst::Element,
     tee: gst::Element,
     slots: HashMap<SessionId, Slot>,
+    /// Name cards over the tiles of participants whose camera is stopped.
+    cards: HashMap<SessionId, Slot>,
     encoders: HashMap<VideoCodec, Encoder>,
     bus_task: tokio::task::JoinHandle<()>,
     /// The pipeline stays in `Null` (costing nothing) until the first receiver of video:
@@ -199,6 +205,7 @@ impl VideoMixer {
             compositor,
             tee,
             slots: HashMap::new(),
+            cards: HashMap::new(),
             encoders: HashMap::new(),
             bus_task,
             running: Arc::new(AtomicBool::new(false)),
@@ -218,14 +225,14 @@ impl VideoMixer {
         Ok(())
     }
 
-    fn attach(
-        &mut self,
-        id: SessionId,
-        bin: gst::Bin,
-        placeholder: bool,
-    ) -> Result<(), MixerError> {
-        let tile_filter = by_name(&bin, "tile")?;
-        self.pipeline.add(&bin).map_err(MixerError::glib)?;
+    /// Adds `bin` to the pipeline and links it to a new compositor pad at `zorder`.
+    fn link_bin(
+        &self,
+        bin: &gst::Bin,
+        zorder: u32,
+    ) -> Result<(gst::Pad, gst::Element), MixerError> {
+        let tile_filter = by_name(bin, "tile")?;
+        self.pipeline.add(bin).map_err(MixerError::glib)?;
         let src = bin
             .static_pad("src")
             .ok_or(MixerError::State("input fragment has no src pad"))?;
@@ -233,11 +240,22 @@ impl VideoMixer {
             .compositor
             .request_pad_simple("sink_%u")
             .ok_or(MixerError::State("compositor gave no sink pad"))?;
+        comp_pad.set_property("zorder", zorder);
         if let Err(e) = src.link(&comp_pad) {
             self.compositor.release_request_pad(&comp_pad);
-            let _ = self.pipeline.remove(&bin);
+            let _ = self.pipeline.remove(bin);
             return Err(MixerError::Link(format!("{e:?}")));
         }
+        Ok((comp_pad, tile_filter))
+    }
+
+    fn attach(
+        &mut self,
+        id: SessionId,
+        bin: gst::Bin,
+        placeholder: bool,
+    ) -> Result<(), MixerError> {
+        let (comp_pad, tile_filter) = self.link_bin(&bin, ZORDER_TILE)?;
         let previous = self.slots.insert(
             id,
             Slot {
@@ -274,9 +292,24 @@ impl VideoMixer {
         let _ = self.pipeline.remove(&slot.bin);
     }
 
-    /// A tile for a participant whose video has not started (or who publishes none).
-    pub fn add_placeholder(&mut self, id: SessionId) -> Result<(), MixerError> {
+    /// A name card: a plain tile with the participant's name.
+    fn name_card(&self, name: &str) -> Result<gst::Bin, MixerError> {
         let bin = parse_bin(PLACEHOLDER)?;
+        // Parsing ghosted textoverlay's unlinked text input as a bin sink pad; linked, it
+        // would make textoverlay wait for text buffers forever. The name is a property.
+        if let Some(ghost) = bin.static_pad("sink") {
+            let _ = bin.remove_pad(&ghost);
+        }
+        let text = by_name(&bin, "text")?;
+        text.set_property("text", name);
+        text.set_property("font-desc", "Sans Bold 20");
+        Ok(bin)
+    }
+
+    /// A tile for a participant whose video has not started (or who publishes none): a name
+    /// card.
+    pub fn add_placeholder(&mut self, id: SessionId, name: &str) -> Result<(), MixerError> {
+        let bin = self.name_card(name)?;
         // Fixed caps before the source starts: negotiating its first caps while the layout
         // changes them could fail ("not-negotiated") and stop the tile for good. Later layout
         // changes are plain renegotiations of a running source.
@@ -330,13 +363,57 @@ impl VideoMixer {
     }
 
     pub fn remove(&mut self, id: SessionId) {
+        self.hide_card(id);
         if let Some(slot) = self.slots.remove(&id) {
             self.detach(slot);
         }
     }
 
+    /// Covers the participant's tile with a name card (camera stopped); its video keeps
+    /// being decoded underneath, so it shows again at once when the card goes.
+    pub fn show_card(&mut self, id: SessionId, name: &str) -> Result<(), MixerError> {
+        if self.cards.contains_key(&id) {
+            return Ok(());
+        }
+        let bin = self.name_card(name)?;
+        let filter = by_name(&bin, "tile")?;
+        let (w, h) = (self.settings.width, self.settings.height);
+        apply_tile_caps(&filter, w, h, Some(self.settings.framerate));
+        let (comp_pad, tile_filter) = self.link_bin(&bin, ZORDER_CARD)?;
+        let tile = self.slots.get(&id).and_then(|s| s.tile);
+        let mut card = Slot {
+            bin: bin.clone(),
+            comp_pad,
+            tile_filter,
+            placeholder: true,
+            tile: None,
+        };
+        if let Some(t) = tile {
+            card.tile = Some(t);
+            apply_tile(
+                &card.comp_pad,
+                &card.tile_filter,
+                t,
+                Some(self.settings.framerate),
+            );
+        }
+        self.cards.insert(id, card);
+        bin.sync_state_with_parent().map_err(MixerError::glib)?;
+        Ok(())
+    }
+
+    pub fn hide_card(&mut self, id: SessionId) {
+        if let Some(card) = self.cards.remove(&id) {
+            self.detach(card);
+        }
+    }
+
     fn set_tile(&mut self, id: SessionId, tile: Tile) {
         let framerate = self.settings.framerate;
+        if let Some(card) = self.cards.get_mut(&id) {
+            card.tile = Some(tile);
+            apply_tile(&card.comp_pad, &card.tile_filter, tile, Some(framerate));
+        }
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.tile = Some(tile);
             apply_tile(

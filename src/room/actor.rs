@@ -8,8 +8,8 @@ mod outputs;
 use super::keyframe::KeyframeGate;
 use super::layout::{Tile, grid};
 use super::{
-    JoinAnswer, ParticipantInfo, ROOM_COMMAND_QUEUE, RegistryInner, Role, RoomCommand, RoomError,
-    RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
+    JoinAnswer, JoinOptions, ParticipantInfo, ROOM_COMMAND_QUEUE, RegistryInner, Role, RoomCommand,
+    RoomError, RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
 };
 use crate::ids::{RoomId, SessionId};
 use crate::media::{SharedRtpSink, VideoCodec};
@@ -19,6 +19,7 @@ use crate::output::OutputError;
 use crate::output::aac::AacEncoder;
 use crate::rtc::{PeerSession, SessionEvent, SessionMedia, TrackKind};
 use crate::sdp::{OfferSummary, choose_send_codec};
+use crate::signal::{CandidateInit, MemberInfo, ServerMessage, TileInfo};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,12 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 struct Participant {
     peer: PeerSession,
     role: Role,
+    name: String,
+    audio_muted: bool,
+    video_muted: bool,
+    speaking: bool,
+    /// Room events for a WebSocket participant.
+    events: Option<mpsc::Sender<ServerMessage>>,
     publishes_audio: bool,
     publishes_video: bool,
     video_started: bool,
@@ -103,7 +110,8 @@ async fn run(
             return;
         }
     };
-    let audio = AudioMixerHandle::spawn(c.audio.bitrate_kbps, c.audio.jitter_ms);
+    let (speaking_tx, mut speaking) = mpsc::channel(crate::mixer::audio::SPEAKING_QUEUE);
+    let audio = AudioMixerHandle::spawn(c.audio.bitrate_kbps, c.audio.jitter_ms, speaking_tx);
     let (events_tx, mut events) = mpsc::channel(SESSION_EVENT_QUEUE);
     let (ended_tx, mut ended) = mpsc::channel(outputs::ENDED_QUEUE);
     tracing::info!(room = %id, "room opened");
@@ -133,6 +141,7 @@ async fn run(
             },
             Some(event) = events.recv() => room.handle_event(event).await,
             Some(output) = ended.recv() => room.output_ended(output).await,
+            Some((session, on)) = speaking.recv() => room.speaking_changed(session, on),
             _ = sleep_until_opt(deadline) => room.poll_keyframes(),
         }
         if room.participants.is_empty() {
@@ -157,7 +166,16 @@ async fn run(
             RoomCommand::StartOutput { reply, .. } => {
                 let _ = reply.send(Err(OutputError::RoomClosed));
             }
-            RoomCommand::Shutdown => {}
+            RoomCommand::Renegotiate { reply, .. } => {
+                let _ = reply.send(Err(RoomError::Closed(room.id.clone())));
+            }
+            RoomCommand::AddCandidate { reply, .. } => {
+                let _ = reply.send(Err(RoomError::Closed(room.id.clone())));
+            }
+            RoomCommand::Members { reply } => {
+                let _ = reply.send(Vec::new());
+            }
+            RoomCommand::Mute { .. } | RoomCommand::Chat { .. } | RoomCommand::Shutdown => {}
         }
     }
     room.close().await;
@@ -178,9 +196,10 @@ impl Room {
                 role,
                 offer,
                 summary,
+                options,
                 reply,
             } => {
-                let result = self.join(role, offer, summary).await;
+                let result = self.join(role, offer, summary, options).await;
                 if let Err(e) = &result {
                     tracing::warn!(room = %self.id, "join refused: {e}");
                 }
@@ -196,6 +215,34 @@ impl Room {
             }
             RoomCommand::Info { reply } => {
                 let _ = reply.send(self.info());
+            }
+            RoomCommand::Renegotiate {
+                session,
+                offer,
+                summary,
+                reply,
+            } => {
+                let result = self.renegotiate(session, offer, summary).await;
+                if let Err(e) = &result {
+                    tracing::warn!(room = %self.id, %session, "renegotiation refused: {e}");
+                }
+                let _ = reply.send(result);
+            }
+            RoomCommand::AddCandidate {
+                session,
+                candidate,
+                reply,
+            } => {
+                let _ = reply.send(self.add_candidate(session, candidate).await);
+            }
+            RoomCommand::Mute {
+                session,
+                audio,
+                video,
+            } => self.mute(session, audio, video).await,
+            RoomCommand::Chat { session, text } => self.chat(session, text),
+            RoomCommand::Members { reply } => {
+                let _ = reply.send(self.members());
             }
             RoomCommand::StartOutput { request, reply } => {
                 let result = self.start_output(request).await;
@@ -230,8 +277,19 @@ impl Room {
                     self.request_keyframe(codec);
                 }
             }
-            SessionEvent::Gone { session, reason } => {
-                self.leave(session, reason).await;
+            SessionEvent::Gone {
+                session,
+                peer,
+                reason,
+            } => {
+                // A peer connection replaced by renegotiation closing is not a departure.
+                if self
+                    .participants
+                    .get(&session)
+                    .is_some_and(|p| p.peer.peer == peer)
+                {
+                    self.leave(session, reason).await;
+                }
             }
         }
     }
@@ -241,6 +299,7 @@ impl Room {
         role: Role,
         offer: String,
         summary: OfferSummary,
+        options: JoinOptions,
     ) -> Result<JoinAnswer, RoomError> {
         let max = self.registry.config.room.max_participants;
         if self.participants.len() >= max {
@@ -249,7 +308,13 @@ impl Room {
                 max,
             });
         }
-        let id = SessionId::random();
+        let id = options.id;
+        if self.participants.contains_key(&id) {
+            return Err(RoomError::UnknownSession {
+                room: self.id.clone(),
+                session: format!("{id} (already in the room)"),
+            });
+        }
         let publishes_audio = role == Role::Whip && summary.publishes_audio();
         let publishes_video = role == Role::Whip && summary.publishes_video();
         let codec = if summary.receives_video() {
@@ -294,15 +359,11 @@ impl Room {
                 return Err(e.into());
             }
         };
-        if publishes_audio || publishes_video {
-            self.video.add_placeholder(id)?;
-            self.order.push(id);
-            self.relayout();
-        }
         tracing::info!(
             room = %self.id,
             session = %id,
             ?role,
+            name = %options.name,
             publishes_audio,
             publishes_video,
             receives_video = ?codec,
@@ -314,6 +375,11 @@ impl Room {
             Participant {
                 peer,
                 role,
+                name: options.name.clone(),
+                audio_muted: false,
+                video_muted: false,
+                speaking: false,
+                events: options.events,
                 publishes_audio,
                 publishes_video,
                 video_started: false,
@@ -322,6 +388,28 @@ impl Room {
                 receives_audio,
             },
         );
+        if publishes_audio || publishes_video {
+            if let Err(e) = self.video.add_placeholder(id, &options.name) {
+                tracing::error!(room = %self.id, session = %id, "placeholder tile: {e}");
+            }
+            self.order.push(id);
+        }
+        if let Some(m) = self.member(id) {
+            self.broadcast(ServerMessage::ParticipantJoined { participant: m });
+        }
+        // Everyone already here, for a newcomer whose `welcome` came before they arrived.
+        if let Some(tx) = self.participants.get(&id).and_then(|p| p.events.clone()) {
+            for m in self
+                .members()
+                .into_iter()
+                .filter(|m| m.id != id.to_string())
+            {
+                let _ = tx.try_send(ServerMessage::ParticipantJoined { participant: m });
+            }
+        }
+        if publishes_audio || publishes_video {
+            self.relayout();
+        }
         Ok(JoinAnswer { session: id, sdp })
     }
 
@@ -358,6 +446,7 @@ impl Room {
         let Some(p) = self.participants.remove(&session) else {
             return false;
         };
+        let p_role = p.role;
         if p.publishes_audio {
             self.audio.remove_source(session).await;
         }
@@ -372,6 +461,11 @@ impl Room {
         }
         p.peer.close().await;
         tracing::info!(room = %self.id, %session, reason, "left");
+        if p_role == Role::Whip {
+            self.broadcast(ServerMessage::ParticipantLeft {
+                id: session.to_string(),
+            });
+        }
         true
     }
 
@@ -384,6 +478,249 @@ impl Room {
         let placed: Vec<(SessionId, Tile)> = self.order.iter().copied().zip(tiles).collect();
         self.tiles = placed.iter().copied().collect();
         self.video.apply_layout(&placed);
+        let (w, h) = (
+            self.registry.config.video.width as f64,
+            self.registry.config.video.height as f64,
+        );
+        let tiles = placed
+            .iter()
+            .map(|(id, t)| TileInfo {
+                id: id.to_string(),
+                name: self
+                    .participants
+                    .get(id)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                x: t.x as f64 / w,
+                y: t.y as f64 / h,
+                w: t.w as f64 / w,
+                h: t.h as f64 / h,
+            })
+            .collect();
+        self.broadcast(ServerMessage::Layout {
+            width: self.registry.config.video.width,
+            height: self.registry.config.video.height,
+            tiles,
+        });
+    }
+
+    /// Sends a room event to every WebSocket participant (a slow one misses it).
+    fn broadcast(&self, msg: ServerMessage) {
+        for p in self.participants.values() {
+            if let Some(tx) = &p.events {
+                let _ = tx.try_send(msg.clone());
+            }
+        }
+    }
+
+    /// A participant as clients see it; WHEP viewers (a broadcast audience) are not listed.
+    fn member(&self, id: SessionId) -> Option<MemberInfo> {
+        let p = self
+            .participants
+            .get(&id)
+            .filter(|p| p.role == Role::Whip)?;
+        Some(MemberInfo {
+            id: id.to_string(),
+            name: p.name.clone(),
+            audio_muted: p.audio_muted,
+            video_muted: p.video_muted,
+            speaking: p.speaking,
+            publishes_audio: p.publishes_audio,
+            publishes_video: p.publishes_video,
+        })
+    }
+
+    /// Participants in join order (tile holders first).
+    fn members(&self) -> Vec<MemberInfo> {
+        let mut ids: Vec<SessionId> = self.order.clone();
+        let mut rest: Vec<SessionId> = self
+            .participants
+            .keys()
+            .filter(|id| !self.order.contains(id))
+            .copied()
+            .collect();
+        rest.sort();
+        ids.extend(rest);
+        ids.into_iter().filter_map(|id| self.member(id)).collect()
+    }
+
+    fn speaking_changed(&mut self, session: SessionId, on: bool) {
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        let on = on && !p.audio_muted;
+        if p.speaking != on {
+            p.speaking = on;
+            self.broadcast(ServerMessage::Speaking {
+                id: session.to_string(),
+                speaking: on,
+            });
+        }
+    }
+
+    async fn mute(&mut self, session: SessionId, audio: Option<bool>, video: Option<bool>) {
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        let mut changed = false;
+        if let Some(a) = audio.filter(|a| *a != p.audio_muted) {
+            p.audio_muted = a;
+            changed = true;
+            // A muted microphone leaves the mix: its packets are ignored from now on.
+            if p.publishes_audio {
+                if a {
+                    self.audio.remove_source(session).await;
+                } else if let Err(e) = self.audio.add_source(session).await {
+                    tracing::error!(room = %self.id, %session, "unmute: {e}");
+                }
+            }
+        }
+        if let Some(v) = video.filter(|v| *v != p.video_muted) {
+            p.video_muted = v;
+            changed = true;
+            if v {
+                if let Err(e) = self.video.show_card(session, &p.name) {
+                    tracing::error!(room = %self.id, %session, "name card: {e}");
+                }
+            } else {
+                self.video.hide_card(session);
+            }
+        }
+        if !changed {
+            return;
+        }
+        tracing::info!(room = %self.id, %session, audio_muted = p.audio_muted, video_muted = p.video_muted, "mute changed");
+        if p.audio_muted && p.speaking {
+            self.speaking_changed(session, false);
+        }
+        if let Some(m) = self.member(session) {
+            self.broadcast(ServerMessage::ParticipantUpdated { participant: m });
+        }
+    }
+
+    fn chat(&self, session: SessionId, text: String) {
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        tracing::debug!(room = %self.id, %session, "chat message");
+        self.broadcast(ServerMessage::Chat {
+            id: session.to_string(),
+            name: p.name.clone(),
+            text,
+            time: crate::output::spec::rfc3339(now),
+        });
+    }
+
+    async fn add_candidate(&self, session: SessionId, c: CandidateInit) -> Result<(), RoomError> {
+        let p = self
+            .participants
+            .get(&session)
+            .ok_or_else(|| RoomError::UnknownSession {
+                room: self.id.clone(),
+                session: session.to_string(),
+            })?;
+        p.peer
+            .add_candidate(c.candidate, c.sdp_mid, c.sdp_mline_index)
+            .await
+            .map_err(RoomError::Rtc)
+    }
+
+    /// A participant's new offer: a fresh peer connection with the same identity, tile and
+    /// name; what it publishes and receives follows the new offer.
+    async fn renegotiate(
+        &mut self,
+        session: SessionId,
+        offer: String,
+        summary: OfferSummary,
+    ) -> Result<String, RoomError> {
+        let unknown = || RoomError::UnknownSession {
+            room: self.id.clone(),
+            session: session.to_string(),
+        };
+        let (had_audio, had_video) = {
+            let p = self.participants.get(&session).ok_or_else(unknown)?;
+            (p.publishes_audio, p.publishes_video)
+        };
+        let publishes_audio = summary.publishes_audio();
+        let publishes_video = summary.publishes_video();
+        let codec = if summary.receives_video() {
+            choose_send_codec(
+                &summary.receivable_video_codecs(),
+                &self.video.active_codecs(),
+                &self.registry.config.video.send_codecs,
+            )
+        } else {
+            None
+        };
+        let receives_audio = summary.receives_audio();
+        let audio_sink = match (had_audio, publishes_audio) {
+            (false, true) => Some(self.audio.add_source(session).await?),
+            (true, false) => {
+                self.audio.remove_source(session).await;
+                None
+            }
+            _ => self
+                .participants
+                .get(&session)
+                .and_then(|p| p.audio_sink.clone()),
+        };
+        let media = SessionMedia {
+            video: match codec {
+                Some(c) => Some((c, self.video.subscribe(c)?)),
+                None => None,
+            },
+            audio: if receives_audio {
+                Some(self.audio.add_listener(session).await?)
+            } else {
+                self.audio.remove_listener(session).await;
+                None
+            },
+        };
+        let (peer, sdp) = self
+            .registry
+            .peers
+            .answer(session, offer, media, self.events_tx.clone())
+            .await?;
+        let p = self.participants.get_mut(&session).ok_or_else(unknown)?;
+        let old = std::mem::replace(&mut p.peer, peer);
+        p.publishes_audio = publishes_audio;
+        p.publishes_video = publishes_video;
+        p.video_started = false;
+        p.audio_sink = audio_sink;
+        p.receives_video = codec;
+        p.receives_audio = receives_audio;
+        let name = p.name.clone();
+        old.close().await;
+        let publishes = publishes_audio || publishes_video;
+        let in_grid = self.order.contains(&session);
+        if had_video && !publishes_video {
+            // The old decoder's tile becomes a name card.
+            self.video.remove(session);
+        }
+        if publishes
+            && (!in_grid || (had_video && !publishes_video))
+            && let Err(e) = self.video.add_placeholder(session, &name)
+        {
+            tracing::error!(room = %self.id, %session, "placeholder tile: {e}");
+        }
+        if publishes && !in_grid {
+            self.order.push(session);
+            self.relayout();
+        } else if !publishes && in_grid {
+            self.video.remove(session);
+            self.order.retain(|s| *s != session);
+            self.tiles.remove(&session);
+            self.relayout();
+        }
+        tracing::info!(room = %self.id, %session, publishes_audio, publishes_video, receives_video = ?codec, "renegotiated");
+        if let Some(m) = self.member(session) {
+            self.broadcast(ServerMessage::ParticipantUpdated { participant: m });
+        }
+        Ok(sdp)
     }
 
     fn request_keyframe(&mut self, codec: VideoCodec) {

@@ -14,6 +14,7 @@ use crate::mixer::MixerError;
 use crate::output::{OutputError, OutputInfo, OutputRequest, OutputTable};
 use crate::rtc::{PeerFactory, RtcError};
 use crate::sdp::OfferSummary;
+use crate::signal::{CandidateInit, MemberInfo, ServerMessage};
 use layout::Tile;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,28 @@ pub const SESSION_EVENT_QUEUE: usize = 256;
 pub enum Role {
     Whip,
     Whep,
+}
+
+/// Who is joining: WHIP participants are anonymous guests; WebSocket participants bring a
+/// name, a session id given to them beforehand, and a channel for room events.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub id: SessionId,
+    pub name: String,
+    pub events: Option<mpsc::Sender<ServerMessage>>,
+}
+
+impl JoinOptions {
+    /// An anonymous participant ("Guest 1a2b").
+    pub fn guest() -> Self {
+        let id = SessionId::random();
+        let name = format!("Guest {}", &id.to_string()[12..]);
+        Self {
+            id,
+            name,
+            events: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +114,32 @@ pub(crate) enum RoomCommand {
         role: Role,
         offer: String,
         summary: OfferSummary,
+        options: JoinOptions,
         reply: oneshot::Sender<Result<JoinAnswer, RoomError>>,
+    },
+    /// A new offer from a participant: answered on a fresh peer connection, same identity.
+    Renegotiate {
+        session: SessionId,
+        offer: String,
+        summary: OfferSummary,
+        reply: oneshot::Sender<Result<String, RoomError>>,
+    },
+    AddCandidate {
+        session: SessionId,
+        candidate: CandidateInit,
+        reply: oneshot::Sender<Result<(), RoomError>>,
+    },
+    Mute {
+        session: SessionId,
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
+    Chat {
+        session: SessionId,
+        text: String,
+    },
+    Members {
+        reply: oneshot::Sender<Vec<MemberInfo>>,
     },
     Leave {
         session: SessionId,
@@ -200,6 +248,7 @@ impl RoomRegistry {
         role: Role,
         offer: String,
         summary: OfferSummary,
+        options: JoinOptions,
     ) -> Result<JoinAnswer, RoomError> {
         for _ in 0..3 {
             let handle = self.get_or_create(room);
@@ -208,6 +257,7 @@ impl RoomRegistry {
                     role,
                     offer: offer.clone(),
                     summary: summary.clone(),
+                    options: options.clone(),
                     reply,
                 })
                 .await;
@@ -263,6 +313,100 @@ impl RoomRegistry {
     /// Status of every output, running or finished.
     pub fn outputs(&self) -> &OutputTable {
         &self.inner.outputs
+    }
+
+    fn open(&self, room: &RoomId, session: SessionId) -> Result<RoomHandle, RoomError> {
+        self.get(room).ok_or_else(|| RoomError::UnknownSession {
+            room: room.clone(),
+            session: session.to_string(),
+        })
+    }
+
+    /// Answers a participant's new offer (renegotiation) on a fresh peer connection.
+    pub async fn renegotiate(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        offer: String,
+        summary: OfferSummary,
+    ) -> Result<String, RoomError> {
+        self.open(room, session)?
+            .request(|reply| RoomCommand::Renegotiate {
+                session,
+                offer,
+                summary,
+                reply,
+            })
+            .await?
+    }
+
+    pub async fn add_candidate(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        candidate: CandidateInit,
+    ) -> Result<(), RoomError> {
+        self.open(room, session)?
+            .request(|reply| RoomCommand::AddCandidate {
+                session,
+                candidate,
+                reply,
+            })
+            .await?
+    }
+
+    /// Fire-and-forget commands from a participant (mute, chat).
+    async fn tell(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        cmd: RoomCommand,
+    ) -> Result<(), RoomError> {
+        self.open(room, session)?
+            .tx
+            .send(cmd)
+            .await
+            .map_err(|_| RoomError::Closed(room.clone()))
+    }
+
+    pub async fn mute(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        audio: Option<bool>,
+        video: Option<bool>,
+    ) -> Result<(), RoomError> {
+        self.tell(
+            room,
+            session,
+            RoomCommand::Mute {
+                session,
+                audio,
+                video,
+            },
+        )
+        .await
+    }
+
+    pub async fn chat(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        text: String,
+    ) -> Result<(), RoomError> {
+        self.tell(room, session, RoomCommand::Chat { session, text })
+            .await
+    }
+
+    /// The room's participants, as clients see them (empty if the room is not open).
+    pub async fn members(&self, room: &RoomId) -> Vec<MemberInfo> {
+        match self.get(room) {
+            Some(h) => h
+                .request(|reply| RoomCommand::Members { reply })
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     pub fn room_count(&self) -> usize {

@@ -35,6 +35,8 @@ pub enum RtcError {
     Negotiation(String),
     #[error("ICE gathering did not complete")]
     Gathering,
+    #[error("the candidate was refused: {0}")]
+    Candidate(String),
 }
 
 #[derive(Debug, Clone)]

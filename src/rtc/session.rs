@@ -65,9 +65,11 @@ pub enum SessionEvent {
     KeyframeRequest { codec: VideoCodec },
     /// ICE and DTLS are up: the receiver needs a keyframe now.
     Connected { session: SessionId },
-    /// The peer is gone (ICE failed after the timeout, or closed).
+    /// The peer is gone (ICE failed after the timeout, or closed). `peer` tells a replaced
+    /// peer connection (renegotiation) from the current one.
     Gone {
         session: SessionId,
+        peer: u64,
         reason: &'static str,
     },
 }
@@ -91,12 +93,33 @@ fn track_task(tasks: &TaskList, fut: impl std::future::Future<Output = ()> + Sen
 /// notice on its own.
 pub struct PeerSession {
     pub id: SessionId,
+    /// This peer connection's number (a session keeps its id across renegotiations).
+    pub peer: u64,
     pc: Box<dyn PeerConnection>,
     tasks: TaskList,
     _port: PortLease,
 }
 
 impl PeerSession {
+    /// A remote ICE candidate trickled by the client.
+    pub async fn add_candidate(
+        &self,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    ) -> Result<(), RtcError> {
+        self.pc
+            .add_ice_candidate(::rtc::peer_connection::transport::RTCIceCandidateInit {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment: None,
+                url: None,
+            })
+            .await
+            .map_err(|e| RtcError::Candidate(e.to_string()))
+    }
+
     pub async fn close(self) {
         if let Err(e) = self.pc.close().await {
             tracing::debug!(session = %self.id, "close: {e}");
@@ -118,8 +141,12 @@ impl Drop for PeerSession {
     }
 }
 
+/// Numbers every peer connection this process builds.
+static NEXT_PEER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 struct Handler {
     id: SessionId,
+    peer: u64,
     events: mpsc::Sender<SessionEvent>,
     gathered: Mutex<Option<oneshot::Sender<()>>>,
     tasks: TaskList,
@@ -145,10 +172,12 @@ impl PeerConnectionEventHandler for Handler {
             RTCPeerConnectionState::Connected => SessionEvent::Connected { session: self.id },
             RTCPeerConnectionState::Failed => SessionEvent::Gone {
                 session: self.id,
+                peer: self.peer,
                 reason: "ICE failed",
             },
             RTCPeerConnectionState::Closed => SessionEvent::Gone {
                 session: self.id,
+                peer: self.peer,
                 reason: "closed",
             },
             _ => return,
@@ -272,8 +301,10 @@ impl PeerFactory {
         let s = &self.settings;
         let (gathered_tx, gathered_rx) = oneshot::channel();
         let tasks: TaskList = Arc::default();
+        let peer = NEXT_PEER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handler = Arc::new(Handler {
             id,
+            peer,
             events: events.clone(),
             gathered: Mutex::new(Some(gathered_tx)),
             tasks: Arc::clone(&tasks),
@@ -342,6 +373,7 @@ impl PeerFactory {
         };
         let session = PeerSession {
             id,
+            peer,
             pc,
             tasks: Arc::clone(&tasks),
             _port: lease,

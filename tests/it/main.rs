@@ -7,3 +7,5 @@ mod e2e;
 mod http_api;
 mod latency;
 mod outputs;
+mod signalling;
+mod webapp;

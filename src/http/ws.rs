@@ -1,0 +1,282 @@
+//! `GET /ws`: the browser app's signalling (see `docs/signalling.md`). One task per
+//! connection reads messages, validates them (`crate::signal`), and turns them into room
+//! commands; a writer task sends the replies and the room's events. A bad message gets an
+//! `error` back and the connection goes on.
+
+use super::AppState;
+use crate::ids::{RoomId, SessionId};
+use crate::room::{JoinOptions, Role, RoomError};
+use crate::rtc::RtcError;
+use crate::sdp::{OfferError, parse_offer, take_candidates};
+use crate::signal::{
+    ClientMessage, ErrorCode, IceServerInfo, JOIN_TIMEOUT, MAX_MESSAGE_BYTES, RateLimiter,
+    ServerMessage, SignalError, parse,
+};
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Messages queued for one client (replies and room events); a client that does not read
+/// misses room events beyond this.
+const OUTBOX: usize = 256;
+/// Frames beyond this close the connection outright (the 64 KiB message limit is enforced
+/// with an error reply below it).
+const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+pub(super) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| serve(state, socket))
+}
+
+/// Where a connection is: not joined, joined (name and id chosen), or in the room (offer
+/// answered, a peer connection exists).
+struct Joined {
+    room: RoomId,
+    id: SessionId,
+    name: String,
+    in_room: bool,
+}
+
+struct Connection {
+    state: AppState,
+    out: mpsc::Sender<ServerMessage>,
+    joined: Option<Joined>,
+}
+
+async fn serve(state: AppState, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outbox) = mpsc::channel::<ServerMessage>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = outbox.recv().await {
+            let Ok(text) = serde_json::to_string(&msg) else {
+                continue;
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut conn = Connection {
+        state,
+        out,
+        joined: None,
+    };
+    let mut limiter = RateLimiter::new(Instant::now());
+    let join_deadline = tokio::time::sleep(JOIN_TIMEOUT);
+    tokio::pin!(join_deadline);
+    loop {
+        tokio::select! {
+            _ = &mut join_deadline, if conn.joined.is_none() => {
+                conn.error(SignalError::new(ErrorCode::JoinTimeout, format!(
+                    "send \"join\" within {} s of connecting", JOIN_TIMEOUT.as_secs()
+                ))).await;
+                break;
+            }
+            msg = stream.next() => {
+                let text = match msg {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        conn.error(SignalError::new(ErrorCode::BadJson, "send JSON as text messages")).await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue, // ping/pong: answered by the library
+                };
+                if !limiter.allow(Instant::now()) {
+                    conn.error(SignalError::new(ErrorCode::RateLimited, "too many messages; slow down")).await;
+                    continue;
+                }
+                if text.len() > MAX_MESSAGE_BYTES {
+                    conn.error(SignalError::new(ErrorCode::TooLarge, format!(
+                        "messages are at most {MAX_MESSAGE_BYTES} bytes"
+                    ))).await;
+                    continue;
+                }
+                match parse(text.as_str()) {
+                    Ok(m) => {
+                        if let Err(e) = conn.handle(m).await {
+                            conn.error(e).await;
+                        }
+                    }
+                    Err(e) => conn.error(e).await,
+                }
+            }
+        }
+    }
+    conn.leave_room().await;
+    drop(conn);
+    let _ = writer.await;
+}
+
+fn room_error(e: RoomError) -> SignalError {
+    let code = match &e {
+        RoomError::Full { .. } => ErrorCode::RoomFull,
+        RoomError::Rtc(RtcError::Offer(_)) => ErrorCode::BadOffer,
+        RoomError::Rtc(RtcError::Candidate(_)) => ErrorCode::BadCandidate,
+        RoomError::NothingToDo => ErrorCode::BadOffer,
+        RoomError::UnknownSession { .. } => ErrorCode::NotJoined,
+        _ => ErrorCode::Unavailable,
+    };
+    if code == ErrorCode::Unavailable {
+        tracing::warn!("signalling: {e}");
+    }
+    SignalError::new(code, e.to_string())
+}
+
+fn offer_error(e: OfferError) -> SignalError {
+    match e {
+        OfferError::NoSupportedCodec => SignalError::new(ErrorCode::NoCodec, e.to_string()),
+        _ => SignalError::new(ErrorCode::BadOffer, e.to_string()),
+    }
+}
+
+impl Connection {
+    async fn send(&self, msg: ServerMessage) {
+        let _ = self.out.send(msg).await;
+    }
+
+    async fn error(&self, e: SignalError) {
+        tracing::debug!(code = ?e.code, "signalling error: {}", e.message);
+        self.send(e.into()).await;
+    }
+
+    fn joined(&self) -> Result<&Joined, SignalError> {
+        self.joined
+            .as_ref()
+            .ok_or_else(|| SignalError::new(ErrorCode::NotJoined, "send \"join\" first"))
+    }
+
+    fn in_room(&self) -> Result<&Joined, SignalError> {
+        let j = self.joined()?;
+        if !j.in_room {
+            return Err(SignalError::new(ErrorCode::NoOffer, "send \"offer\" first"));
+        }
+        Ok(j)
+    }
+
+    async fn handle(&mut self, msg: ClientMessage) -> Result<(), SignalError> {
+        match msg {
+            ClientMessage::Join { room, name } => {
+                if self.joined.is_some() {
+                    return Err(SignalError::new(
+                        ErrorCode::AlreadyJoined,
+                        "already joined; send \"leave\" first",
+                    ));
+                }
+                let id = SessionId::random();
+                let participants = self.state.rooms.members(&room).await;
+                let ice_servers = self
+                    .state
+                    .rooms
+                    .config()
+                    .rtc
+                    .ice_servers
+                    .iter()
+                    .map(|s| IceServerInfo {
+                        urls: s.urls.clone(),
+                        username: s.username.clone(),
+                        credential: s.credential.clone(),
+                    })
+                    .collect();
+                self.send(ServerMessage::Welcome {
+                    id: id.to_string(),
+                    room: room.to_string(),
+                    participants,
+                    ice_servers,
+                })
+                .await;
+                self.joined = Some(Joined {
+                    room,
+                    id,
+                    name,
+                    in_room: false,
+                });
+                Ok(())
+            }
+            ClientMessage::Offer { sdp } => {
+                let j = self.joined()?;
+                let summary = parse_offer(&sdp).map_err(offer_error)?;
+                let (room, id) = (j.room.clone(), j.id);
+                let answer = if j.in_room {
+                    self.state
+                        .rooms
+                        .renegotiate(&room, id, sdp, summary)
+                        .await
+                        .map_err(room_error)?
+                } else {
+                    let options = JoinOptions {
+                        id,
+                        name: j.name.clone(),
+                        events: Some(self.out.clone()),
+                    };
+                    let a = self
+                        .state
+                        .rooms
+                        .join(&room, Role::Whip, sdp, summary, options)
+                        .await
+                        .map_err(room_error)?;
+                    if let Some(j) = self.joined.as_mut() {
+                        j.in_room = true;
+                    }
+                    a.sdp
+                };
+                // Trickle: the answer goes first, then its candidates one by one.
+                let (sdp, candidates) = take_candidates(&answer);
+                self.send(ServerMessage::Answer { sdp }).await;
+                for c in candidates {
+                    self.send(ServerMessage::Candidate { candidate: Some(c) })
+                        .await;
+                }
+                self.send(ServerMessage::Candidate { candidate: None })
+                    .await;
+                Ok(())
+            }
+            ClientMessage::Candidate(c) => {
+                let j = self.in_room()?;
+                let Some(c) = c else { return Ok(()) };
+                self.state
+                    .rooms
+                    .add_candidate(&j.room, j.id, c)
+                    .await
+                    .map_err(room_error)
+            }
+            ClientMessage::Mute { audio, video } => {
+                let j = self.in_room()?;
+                self.state
+                    .rooms
+                    .mute(&j.room, j.id, audio, video)
+                    .await
+                    .map_err(room_error)
+            }
+            ClientMessage::Chat { text } => {
+                let j = self.in_room()?;
+                self.state
+                    .rooms
+                    .chat(&j.room, j.id, text)
+                    .await
+                    .map_err(room_error)
+            }
+            ClientMessage::Leave => {
+                self.joined()?;
+                self.leave_room().await;
+                self.joined = None;
+                self.send(ServerMessage::Left).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn leave_room(&mut self) {
+        if let Some(j) = self.joined.as_mut()
+            && j.in_room
+        {
+            j.in_room = false;
+            let _ = self.state.rooms.leave(&j.room, j.id).await;
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The browser app in real headless Chromium (fake camera and microphone), driven over the
+//! DevTools protocol: two people join the same room through the page the server serves, and
+//! the test reads what each page shows (`window.mixdown`, the DOM), sends chat, mutes, leaves,
+//! and saves a screenshot of the room as a build artefact.
+
+use crate::common::client::{Client, ClientOptions};
+use crate::common::{TestServer, close_to, init_logging, test_config, wait_for};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const LIMIT: Duration = Duration::from_secs(40);
+/// Where the screenshot goes (kept after the test as a build artefact).
+const SCREENSHOT: &str = "target/artefacts/webapp-room.png";
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A minimal DevTools client: one browser connection, pages attached in flat mode.
+struct Cdp {
+    ws: tokio::sync::Mutex<Socket>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Cdp {
+    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut ws = self.ws.lock().await;
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .expect("devtools connection open")
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["id"] == id {
+                    assert!(v.get("error").is_none(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Opens `url` in a new page; returns its session.
+    async fn open(&self, url: &str) -> String {
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .await;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        attached["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    /// Evaluates `expr` in the page (awaiting promises) and returns its JSON value.
+    async fn eval(&self, page: &str, expr: &str) -> Value {
+        let r = self
+            .call(
+                Some(page),
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+}
+
+async fn start_chromium(profile: &std::path::Path) -> (tokio::process::Child, Cdp) {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
+    );
+    let child = tokio::process::Command::new(CHROMIUM)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+            "--remote-debugging-port=0",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+    // Chromium writes its DevTools port and browser path here once it listens.
+    let port_file = profile.join("DevToolsActivePort");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&port_file).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines = text.lines();
+    let (port, path) = (
+        lines.next().expect("devtools port"),
+        lines.next().expect("devtools path"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
+        .await
+        .expect("devtools websocket");
+    (
+        child,
+        Cdp {
+            ws: tokio::sync::Mutex::new(ws),
+            next: std::sync::atomic::AtomicU64::new(1),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_meet_in_the_web_app() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let room = "webapp";
+    let profile = std::env::temp_dir().join(format!("mixdown-webapp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let (mut chromium, cdp) = start_chromium(&profile).await;
+    let ada = cdp
+        .open(&server.url(&format!("/?room={room}&name=Ada&autojoin=1")))
+        .await;
+    let bob = cdp
+        .open(&server.url(&format!("/?room={room}&name=Bob&autojoin=1")))
+        .await;
+    let pages = [("Ada", ada.as_str()), ("Bob", bob.as_str())];
+
+    // Both pages play the composite at the canvas size, with audio.
+    for (who, page) in pages {
+        wait_for(
+            &format!("{who} decodes the composite with audio"),
+            LIMIT,
+            || async {
+                let s = cdp
+                    .eval(page, "window.mixdown && window.mixdown.stats")
+                    .await;
+                s["framesDecoded"].as_u64().unwrap_or(0) > 30
+                    && s["frameWidth"] == 640
+                    && s["frameHeight"] == 360
+                    && s["audioLevel"].as_f64().unwrap_or(0.0) > 0.0
+            },
+        )
+        .await;
+        let before = cdp
+            .eval(page, "window.mixdown.stats.framesDecoded")
+            .await
+            .as_u64()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = cdp
+            .eval(page, "window.mixdown.stats.framesDecoded")
+            .await
+            .as_u64()
+            .unwrap();
+        assert!(
+            after > before + 15,
+            "{who}: frames decoded {before} → {after}"
+        );
+    }
+    // Each sees both names in the list and two tiles in the layout metadata.
+    for (who, page) in pages {
+        wait_for(&format!("{who} lists both and has two tiles"), LIMIT, || async {
+            let v = cdp
+                .eval(
+                    page,
+                    "({names: [...document.querySelectorAll('#participants li .name')].map(e => e.textContent), \
+                       tiles: window.mixdown.layout ? window.mixdown.layout.tiles.length : 0, \
+                       labels: [...document.querySelectorAll('#overlay .label')].map(e => e.textContent)})",
+                )
+                .await;
+            let has = |k: &str, n: &str| v[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.contains(n))));
+            has("names", "Ada") && has("names", "Bob") && v["tiles"] == 2 && has("labels", "Ada") && has("labels", "Bob")
+        })
+        .await;
+    }
+
+    // The server's picture: a WHEP viewer finds Bob's tile where the layout says.
+    let viewer = Client::join(&server.url(""), room, ClientOptions::viewer()).await;
+    let layout = cdp.eval(&ada, "window.mixdown.layout").await;
+    let bob_id = cdp.eval(&bob, "window.mixdown.id").await;
+    let t = layout["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == bob_id)
+        .unwrap()
+        .clone();
+    let f = |k: &str, s: f64| (t[k].as_f64().unwrap() * s).round() as u32;
+    let bob_tile = [f("x", 640.0), f("y", 360.0), f("w", 640.0), f("h", 360.0)];
+
+    // Chat from Ada appears for Bob.
+    cdp.eval(&ada, "window.mixdown.sendChat('hello from Ada')")
+        .await;
+    wait_for("Bob sees Ada's message", LIMIT, || async {
+        cdp.eval(&bob, "[...document.querySelectorAll('#chat-messages .chat-message')].some(e => e.textContent.includes('hello from Ada'))")
+            .await
+            == true
+    })
+    .await;
+
+    // Bob mutes: his speaking indicator goes off for Ada, his tile becomes a name card.
+    cdp.eval(
+        &bob,
+        "window.mixdown.setMuted({audio: true, video: true}).then(() => true)",
+    )
+    .await;
+    let bob_li = format!(
+        "document.querySelector('#participants li[data-id=\"{}\"]')",
+        bob_id.as_str().unwrap()
+    );
+    wait_for("Ada sees Bob muted", LIMIT, || async {
+        let p = cdp
+            .eval(
+                &ada,
+                &format!("(window.mixdown.participants.find(p => p.id === {bob_id}) || {{}})"),
+            )
+            .await;
+        let indicator_on = cdp
+            .eval(
+                &ada,
+                &format!("{bob_li}.querySelector('.speaking-indicator').classList.contains('on')"),
+            )
+            .await;
+        p["audio_muted"] == true
+            && p["video_muted"] == true
+            && p["speaking"] == false
+            && indicator_on == false
+    })
+    .await;
+    wait_for("Bob's tile shows his name card", LIMIT, || async {
+        viewer
+            .received
+            .frame()
+            .is_some_and(|fr| close_to(fr.mean(bob_tile), [58, 63, 75], 40.0))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let indicator_on = cdp
+        .eval(
+            &ada,
+            &format!("{bob_li}.querySelector('.speaking-indicator').classList.contains('on')"),
+        )
+        .await;
+    assert_eq!(indicator_on, false, "a muted participant is not speaking");
+
+    // Watch mode: a receive-only page over WHEP plays the same composite.
+    let watcher = cdp.open(&server.url(&format!("/watch/{room}"))).await;
+    wait_for("the watch page plays the composite", LIMIT, || async {
+        let s = cdp
+            .eval(&watcher, "window.mixdownWatch && window.mixdownWatch.stats")
+            .await;
+        s["framesDecoded"].as_u64().unwrap_or(0) > 30
+            && s["frameWidth"] == 640
+            && s["frameHeight"] == 360
+    })
+    .await;
+    let listed = cdp.eval(&ada, "window.mixdown.participants.length").await;
+    assert_eq!(
+        listed, 2,
+        "a WHEP viewer is audience, not a listed participant"
+    );
+
+    // A screenshot of Ada's room page, as a build artefact.
+    let shot = cdp
+        .call(
+            Some(&ada),
+            "Page.captureScreenshot",
+            json!({"format": "png"}),
+        )
+        .await;
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::create_dir_all(std::path::Path::new(SCREENSHOT).parent().unwrap()).unwrap();
+    std::fs::write(SCREENSHOT, &png).unwrap();
+
+    // Bob leaves: Ada's list and layout update.
+    cdp.eval(&bob, "window.mixdown.leave()").await;
+    wait_for("Ada sees Bob leave", LIMIT, || async {
+        let v = cdp
+            .eval(&ada, "({n: document.querySelectorAll('#participants li').length, tiles: window.mixdown.layout.tiles.length})")
+            .await;
+        v["n"] == 1 && v["tiles"] == 1
+    })
+    .await;
+    viewer.close().await;
+    let _ = chromium.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+    server.stop().await;
+}
+
+/// Standard base64 (the screenshot), without pulling in a crate for it.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for v in s.bytes().filter_map(value) {
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}

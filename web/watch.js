@@ -1,0 +1,211 @@
+// Mixdown watch mode: receive-only viewer for a room's audience. Sends a recvonly offer to
+// POST /whep/{room} (after ICE gathering, at most 2 s), plays the composite and the full
+// audio mix, retries with back-off when the server is unreachable or busy, and DELETEs the
+// session's Location when the page goes away. window.mixdownWatch mirrors the state for tests.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const video = $('composite');
+const statusEl = $('status');
+const errorEl = $('error');
+const soundButton = $('play-sound');
+
+const pathRoom = location.pathname.match(/^\/watch\/([^/]+)/);
+const room = pathRoom ? decodeURIComponent(pathRoom[1]) : new URLSearchParams(location.search).get('room') || '';
+
+const watch = (window.mixdownWatch = {
+  state: 'connecting', room,
+  stats: { framesDecoded: 0, frameWidth: 0, frameHeight: 0, audioLevel: 0 },
+});
+
+let pc = null;
+let sessionUrl = null;
+let attempt = 0;
+let retryTimer = null;
+let disconnectTimer = null;
+
+function setState(state, text, tone) {
+  watch.state = state;
+  statusEl.textContent = text;
+  statusEl.dataset.tone = tone;
+}
+
+function showError(message) {
+  errorEl.textContent = message;
+  errorEl.hidden = false;
+}
+
+function clearError() {
+  errorEl.hidden = true;
+  errorEl.textContent = '';
+}
+
+// Ends the server session (if any) without waiting for the answer.
+function release() {
+  if (sessionUrl) fetch(sessionUrl, { method: 'DELETE', keepalive: true }).catch(() => {});
+  sessionUrl = null;
+}
+
+function stop() {
+  clearTimeout(retryTimer);
+  clearTimeout(disconnectTimer);
+  release();
+  if (!pc) return;
+  pc.ontrack = pc.onconnectionstatechange = null;
+  pc.close();
+  pc = null;
+}
+
+// Shows why watching stopped; retries (1, 2, 4, 8, 10… s) unless retrying cannot help.
+function failed(message, retry) {
+  stop();
+  showError(message);
+  if (!retry) {
+    setState('error', 'disconnected', 'bad');
+    return;
+  }
+  attempt += 1;
+  const delay = Math.min(1000 * 2 ** (attempt - 1), 10000);
+  setState('error', `retrying in ${Math.round(delay / 1000)} s (attempt ${attempt})…`, 'warn');
+  retryTimer = setTimeout(run, delay);
+}
+
+function gatheringComplete(p, timeoutMs) {
+  return new Promise((resolve) => {
+    if (p.iceGatheringState === 'complete') return resolve();
+    const timer = setTimeout(resolve, timeoutMs);
+    p.addEventListener('icegatheringstatechange', () => {
+      if (p.iceGatheringState !== 'complete') return;
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+async function describeFailure(res) {
+  let detail = '';
+  try { detail = (await res.json()).error || ''; } catch { /* no JSON body */ }
+  const reasons = {
+    400: 'The server did not accept the request',
+    404: 'The server has no watch endpoint for this room',
+    406: 'The server cannot send a format this browser plays',
+    503: `The room “${room}” cannot take another viewer right now`,
+  };
+  const reason = reasons[res.status] || `The server answered ${res.status}`;
+  return `${reason}${detail ? `: ${detail}` : ''}.`;
+}
+
+async function start() {
+  stop();
+  setState(attempt ? 'reconnecting' : 'connecting', attempt ? `reconnecting (attempt ${attempt})…` : 'connecting…', 'warn');
+  const p = (pc = new RTCPeerConnection());
+  p.addTransceiver('video', { direction: 'recvonly' });
+  p.addTransceiver('audio', { direction: 'recvonly' });
+  const stream = new MediaStream();
+  p.ontrack = ({ track }) => {
+    stream.getTracks().filter((t) => t.kind === track.kind).forEach((t) => stream.removeTrack(t));
+    stream.addTrack(track);
+    if (video.srcObject !== stream) video.srcObject = stream;
+    play();
+  };
+  p.onconnectionstatechange = () => onState(p.connectionState);
+  await p.setLocalDescription(await p.createOffer());
+  await gatheringComplete(p, 2000);
+  if (pc !== p) return;
+
+  let res;
+  try {
+    res = await fetch(`/whep/${encodeURIComponent(room)}`, {
+      method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: p.localDescription.sdp,
+    });
+  } catch {
+    if (pc === p) failed(`Cannot reach the Mixdown server at ${location.host}.`, true);
+    return;
+  }
+  const locationHeader = res.headers.get('Location');
+  const url = locationHeader && new URL(locationHeader, location.href).href;
+  if (pc !== p) {
+    if (res.status === 201 && url) fetch(url, { method: 'DELETE', keepalive: true }).catch(() => {});
+    return;
+  }
+  if (res.status !== 201) {
+    failed(await describeFailure(res), res.status >= 500);
+    return;
+  }
+  sessionUrl = url;
+  try {
+    await p.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+  } catch (e) {
+    if (pc === p) failed(`The server’s answer could not be used: ${e.message}`, false);
+  }
+}
+
+function run() {
+  start().catch((e) => failed(`Could not start watching: ${e.message}`, false));
+}
+
+function onState(state) {
+  clearTimeout(disconnectTimer);
+  if (state === 'connected') {
+    attempt = 0;
+    clearError();
+    setState('connected', 'connected', 'ok');
+  } else if (state === 'failed') {
+    failed('The connection to the server was lost.', true);
+  } else if (state === 'disconnected') {
+    setState('reconnecting', 'connection interrupted…', 'warn');
+    disconnectTimer = setTimeout(() => failed('The connection to the server was lost.', true), 5000);
+  }
+}
+
+// Tries to play with sound; if autoplay with sound is refused, plays muted and offers sound.
+function play() {
+  video.play().catch((e) => {
+    if (e.name !== 'NotAllowedError') return;
+    video.muted = true;
+    soundButton.hidden = false;
+    video.play().catch(() => {});
+  });
+}
+
+async function pollStats() {
+  if (!pc) return;
+  let report;
+  try { report = await pc.getStats(); } catch { return; }
+  const s = { framesDecoded: 0, frameWidth: 0, frameHeight: 0, audioLevel: 0 };
+  report.forEach((r) => {
+    if (r.type !== 'inbound-rtp') return;
+    if (r.kind === 'video') {
+      s.framesDecoded = r.framesDecoded || 0;
+      s.frameWidth = r.frameWidth || 0;
+      s.frameHeight = r.frameHeight || 0;
+    } else if (r.kind === 'audio') {
+      s.audioLevel = r.audioLevel || 0;
+    }
+  });
+  watch.stats = s;
+}
+
+function init() {
+  $('room-title').textContent = room;
+  document.title = `Mixdown – watching ${room}`;
+  $('join-link').href = `/?room=${encodeURIComponent(room)}`;
+  soundButton.addEventListener('click', () => {
+    video.muted = false;
+    video.play().catch(() => {});
+    soundButton.hidden = true;
+  });
+  window.addEventListener('pagehide', stop);
+  if (!window.RTCPeerConnection) {
+    failed('This browser does not support WebRTC, so it cannot play the room.', false);
+    return;
+  }
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(room)) {
+    failed('The address names no valid room: use /watch/ followed by the room name.', false);
+    return;
+  }
+  setInterval(pollStats, 1000);
+  run();
+}
+
+init();
