@@ -55,6 +55,8 @@ async fn expect_error(ws: &mut Socket, code: &str) {
 async fn malformed_messages_get_errors_and_the_connection_goes_on() {
     init_logging();
     let server = TestServer::start(test_config()).await;
+    // A connection that never joins is told so and closed after the join timeout.
+    let mut idle = connect(&server).await;
     let mut ws = connect(&server).await;
     ws.send(Message::Text("{nope".into())).await.unwrap();
     expect_error(&mut ws, "bad-json").await;
@@ -115,6 +117,16 @@ async fn malformed_messages_get_errors_and_the_connection_goes_on() {
     )
     .await;
     assert_eq!(recv(&mut ws).await["type"], "welcome");
+
+    expect_error(&mut idle, "join-timeout").await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.next()).await;
+    assert!(
+        matches!(
+            closed,
+            Ok(None | Some(Ok(Message::Close(_))) | Some(Err(_)))
+        ),
+        "the idle connection is closed: {closed:?}"
+    );
     drop(ws);
     server.stop().await;
 }
