@@ -143,9 +143,21 @@ async fn two_people_meet_in_the_web_app() {
     let profile = std::env::temp_dir().join(format!("mixdown-webapp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     let (mut chromium, cdp) = start_chromium(&profile).await;
+    let opened = std::time::Instant::now();
     let ada = cdp
         .open(&server.url(&format!("/?room={room}&name=Ada&autojoin=1")))
         .await;
+    // Reported, not asserted: page open → join → ICE/DTLS → first composite frame shown.
+    let first_frame =
+        "(v => v.readyState >= 2 && v.videoWidth > 0)(document.getElementById('composite'))";
+    wait_for("Ada's first composite frame", LIMIT, || async {
+        cdp.eval(&ada, first_frame).await == true
+    })
+    .await;
+    eprintln!(
+        "web app: page open → first composite frame in {} ms",
+        opened.elapsed().as_millis()
+    );
     let bob = cdp
         .open(&server.url(&format!("/?room={room}&name=Bob&autojoin=1")))
         .await;
