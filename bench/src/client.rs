@@ -197,6 +197,9 @@ async fn receive(
                 .unwrap()
                 .push((Instant::now(), p.header.timestamp));
         }
+        if codec == VideoCodec::Vp8 && vp8_keyframe(&p.payload) == Some(true) {
+            received.keyframes.lock().unwrap().push(p.header.timestamp);
+        }
         if !decode {
             continue;
         }
@@ -412,6 +415,32 @@ pub async fn whip_exchange(url: &str, offer: String) -> Result<(String, String),
         .to_owned();
     let answer = response.text().await.map_err(|e| e.to_string())?;
     Ok((location, answer))
+}
+
+/// Whether a VP8 RTP payload starts a keyframe (RFC 7741 descriptor, then the frame
+/// header's P bit); `None` when the packet does not start a frame.
+pub fn vp8_keyframe(payload: &[u8]) -> Option<bool> {
+    let b0 = *payload.first()?;
+    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+    if !start {
+        return None;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            // Picture ID: 7 or 15 bits.
+            i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    Some(*payload.get(i)? & 0x01 == 0)
 }
 
 /// `DELETE {base}{location}`: ends a WHIP/WHEP session. Returns the HTTP status (0 when the
@@ -755,5 +784,23 @@ impl Client {
         for p in self.pipelines.lock().unwrap().drain(..) {
             let _ = p.set_state(gst::State::Null);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframes_are_found_behind_the_payload_descriptor() {
+        // S=1, PID=0, no extensions; frame header P bit 0: keyframe.
+        assert_eq!(vp8_keyframe(&[0x10, 0x50, 0x01]), Some(true));
+        assert_eq!(vp8_keyframe(&[0x10, 0x51, 0x01]), Some(false));
+        // X=1 with a 15-bit picture ID (I, M set) before the header.
+        assert_eq!(vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x50]), Some(true));
+        assert_eq!(vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x51]), Some(false));
+        // Not the start of a frame.
+        assert_eq!(vp8_keyframe(&[0x00, 0x50]), None);
+        assert_eq!(vp8_keyframe(&[]), None);
     }
 }

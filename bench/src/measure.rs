@@ -68,7 +68,20 @@ pub fn pacing(frames: &[(Instant, u32)], clock_rate: f64, late: Duration) -> Opt
     if frames.len() < 2 {
         return None;
     }
-    let (t0, ts0) = frames[0];
+    let late_count = late_frames(frames, clock_rate, late).len();
+    let span = frames.last()?.0.duration_since(frames[0].0).as_secs_f64();
+    Some((
+        (frames.len() - 1) as f64 / span.max(1e-9),
+        late_count as f64 / frames.len() as f64,
+    ))
+}
+
+/// RTP timestamps of the frames that arrived more than `late` behind the earliest-arriving
+/// frame's position on the RTP timeline.
+pub fn late_frames(frames: &[(Instant, u32)], clock_rate: f64, late: Duration) -> Vec<u32> {
+    let Some(&(t0, ts0)) = frames.first() else {
+        return Vec::new();
+    };
     let offsets: Vec<f64> = frames
         .iter()
         .map(|(t, ts)| {
@@ -77,15 +90,12 @@ pub fn pacing(frames: &[(Instant, u32)], clock_rate: f64, late: Duration) -> Opt
         })
         .collect();
     let base = offsets.iter().copied().fold(f64::INFINITY, f64::min);
-    let late_count = offsets
+    frames
         .iter()
-        .filter(|o| **o - base > late.as_secs_f64())
-        .count();
-    let span = frames.last()?.0.duration_since(t0).as_secs_f64();
-    Some((
-        (frames.len() - 1) as f64 / span.max(1e-9),
-        late_count as f64 / frames.len() as f64,
-    ))
+        .zip(&offsets)
+        .filter(|(_, o)| **o - base > late.as_secs_f64())
+        .map(|((_, ts), _)| *ts)
+        .collect()
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct Received {
     /// Arrival time and RTP timestamp of the last packet of every composite frame (marker
     /// bit), recorded without decoding: output pacing.
     pub rtp_frames: Mutex<Vec<(Instant, u32)>>,
+    /// RTP timestamps of the VP8 keyframes among them (to tell keyframe encode spikes from
+    /// other lateness).
+    pub keyframes: Mutex<Vec<u32>>,
     /// When set, the power (dB) of this frequency in every decoded audio packet is logged in
     /// `probe_power` (latency markers in the mix).
     pub probe_hz: Mutex<Option<f32>>,

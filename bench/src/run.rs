@@ -2,7 +2,7 @@
 //! pipeline doing the same video work, idle rooms. Each run returns what was measured.
 
 use crate::client::{Client, ClientOptions};
-use crate::measure::{CpuWindow, pacing, rss_mib};
+use crate::measure::{CpuWindow, late_frames, pacing, rss_mib};
 use crate::media::{CLICK_HZ, ClipCodec, Clips, HEIGHT, PATCH, WIDTH};
 use anyhow::{Context, anyhow};
 use mixdown::media::VideoCodec;
@@ -32,6 +32,10 @@ pub struct RunResult {
     pub rss_mib: f64,
     pub fps: f64,
     pub late_share: f64,
+    /// Share of frames that were late within 200 ms after a keyframe (encode spikes).
+    pub late_after_keyframe: f64,
+    /// Keyframes the probe received in the window.
+    pub keyframes: usize,
     pub video_latency_ms: Vec<f64>,
     pub audio_latency_ms: Vec<f64>,
     pub join_ms: Vec<f64>,
@@ -303,6 +307,21 @@ async fn room_run(
         .copied()
         .collect();
     let (fps, late_share) = pacing(&frames, 90000.0, LATE).unwrap_or((0.0, 1.0));
+    let first_ts = frames.first().map(|f| f.1);
+    let keys: Vec<u32> = probe
+        .received
+        .keyframes
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|k| first_ts.is_some_and(|t0| k.wrapping_sub(t0) < u32::MAX / 2))
+        .collect();
+    let near_key = late_frames(&frames, 90000.0, LATE)
+        .iter()
+        .filter(|ts| keys.iter().any(|k| ts.wrapping_sub(*k) < 90000 / 5))
+        .count();
+    let late_after_keyframe = near_key as f64 / frames.len().max(1) as f64;
     let video_marks: Vec<Instant> = clients[0]
         .video_marks
         .lock()
@@ -344,6 +363,8 @@ async fn room_run(
         rss_mib: rss,
         fps,
         late_share,
+        late_after_keyframe,
+        keyframes: keys.len(),
         video_latency_ms,
         audio_latency_ms,
         join_ms,
