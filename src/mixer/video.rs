@@ -466,17 +466,10 @@ impl VideoMixer {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Some(buffer) = sample.buffer()
-                        && let Ok(map) = buffer.map_readable()
+                    if let Some(frame) = sample
+                        .buffer()
+                        .and_then(|b| encoded_frame(b, frame_duration))
                     {
-                        let frame = EncodedFrame {
-                            data: Bytes::copy_from_slice(map.as_slice()),
-                            duration: buffer
-                                .duration()
-                                .map(|d| Duration::from_nanos(d.nseconds()))
-                                .unwrap_or(frame_duration),
-                            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                        };
                         // No receivers is not an error: the frame is simply not needed.
                         let _ = frames.send(frame);
                     }
@@ -531,6 +524,23 @@ impl VideoMixer {
         self.bus_task.abort();
         let _ = self.bus_task.await;
     }
+}
+
+/// An encoder's output buffer as a frame for the transport (one copy, shared by every
+/// receiver); `default_duration` when the buffer has none.
+pub(crate) fn encoded_frame(
+    buffer: &gst::BufferRef,
+    default_duration: Duration,
+) -> Option<EncodedFrame> {
+    let map = buffer.map_readable().ok()?;
+    Some(EncodedFrame {
+        data: Bytes::copy_from_slice(map.as_slice()),
+        duration: buffer
+            .duration()
+            .map(|d| Duration::from_nanos(d.nseconds()))
+            .unwrap_or(default_duration),
+        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+    })
 }
 
 fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {

@@ -6,7 +6,7 @@ use super::OutputError;
 use super::spec::aac_lc_config;
 use crate::ids::RoomId;
 use crate::media::EncodedFrame;
-use bytes::Bytes;
+use crate::mixer::video::encoded_frame;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -94,17 +94,9 @@ impl AacEncoder {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Some(buffer) = sample.buffer()
-                        && let Ok(map) = buffer.map_readable()
-                    {
-                        let _ = frames.send(EncodedFrame {
-                            data: Bytes::copy_from_slice(map.as_slice()),
-                            duration: buffer
-                                .duration()
-                                .map(|d| Duration::from_nanos(d.nseconds()))
-                                .unwrap_or(AAC_FRAME),
-                            keyframe: true,
-                        });
+                    // AAC frames are all independently decodable (no delta flag).
+                    if let Some(frame) = sample.buffer().and_then(|b| encoded_frame(b, AAC_FRAME)) {
+                        let _ = frames.send(frame);
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })

@@ -317,15 +317,7 @@ impl Room {
         }
         let publishes_audio = role == Role::Whip && summary.publishes_audio();
         let publishes_video = role == Role::Whip && summary.publishes_video();
-        let codec = if summary.receives_video() {
-            choose_send_codec(
-                &summary.receivable_video_codecs(),
-                &self.video.active_codecs(),
-                &self.registry.config.video.send_codecs,
-            )
-        } else {
-            None
-        };
+        let codec = self.send_codec_for(&summary);
         let receives_audio = summary.receives_audio();
         if !publishes_audio && !publishes_video && codec.is_none() && !receives_audio {
             return Err(RoomError::NothingToDo);
@@ -411,6 +403,18 @@ impl Room {
             self.relayout();
         }
         Ok(JoinAnswer { session: id, sdp })
+    }
+
+    /// The codec the composite goes to this offer in (none when it receives no video).
+    fn send_codec_for(&self, summary: &OfferSummary) -> Option<VideoCodec> {
+        if !summary.receives_video() {
+            return None;
+        }
+        choose_send_codec(
+            &summary.receivable_video_codecs(),
+            &self.video.active_codecs(),
+            &self.registry.config.video.send_codecs,
+        )
     }
 
     fn track_started(
@@ -647,15 +651,7 @@ impl Room {
         };
         let publishes_audio = summary.publishes_audio();
         let publishes_video = summary.publishes_video();
-        let codec = if summary.receives_video() {
-            choose_send_codec(
-                &summary.receivable_video_codecs(),
-                &self.video.active_codecs(),
-                &self.registry.config.video.send_codecs,
-            )
-        } else {
-            None
-        };
+        let codec = self.send_codec_for(&summary);
         let receives_audio = summary.receives_audio();
         let audio_sink = match (had_audio, publishes_audio) {
             (false, true) => Some(self.audio.add_source(session).await?),

@@ -3,13 +3,12 @@
 //! playing a tone. The page reports what Chromium decoded, from `getStats`.
 
 use crate::common::client::{Client, ClientOptions};
-use crate::common::{TestServer, init_logging, test_config, wait_for};
+use crate::common::{CHROMIUM, CHROMIUM_FLAGS, TestServer, init_logging, test_config, wait_for};
 use axum::routing::{get, post};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 const PAGE: &str = include_str!("chromium_page.html");
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_joins_over_whip_and_decodes_the_mix() {
@@ -51,20 +50,7 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
         server.url(&format!("/whip/{room}"))
     );
     let mut chromium = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&url)
         .stdout(std::process::Stdio::null())

@@ -4,13 +4,14 @@
 //! and saves a screenshot of the room as a build artefact.
 
 use crate::common::client::{Client, ClientOptions};
-use crate::common::{TestServer, close_to, init_logging, test_config, wait_for};
+use crate::common::{
+    CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, wait_for,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const LIMIT: Duration = Duration::from_secs(40);
 /// Where the screenshot goes (kept after the test as a build artefact).
 const SCREENSHOT: &str = "target/artefacts/webapp-room.png";
@@ -85,22 +86,8 @@ async fn start_chromium(profile: &std::path::Path) -> (tokio::process::Child, Cd
         "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
     );
     let child = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--autoplay-policy=no-user-gesture-required",
-            "--remote-debugging-port=0",
-            "--window-size=1280,900",
-        ])
+        .args(CHROMIUM_FLAGS)
+        .args(["--remote-debugging-port=0", "--window-size=1280,900"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .stdout(std::process::Stdio::null())

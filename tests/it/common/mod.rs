@@ -17,6 +17,26 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// Debian's Chromium, installed by `make test`.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Headless Chromium as a WebRTC peer on loopback: no sandbox (root), no background network,
+/// fake camera and microphone granted without a prompt, loopback candidates allowed, autoplay.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+];
+
 /// Each test server gets its own media port range, so tests never share ports.
 static NEXT_RANGE: AtomicU16 = AtomicU16::new(21000);
 
