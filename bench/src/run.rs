@@ -186,6 +186,15 @@ fn participant(clips: &Arc<Clips>, out: VideoCodec, markers: bool) -> ClientOpti
 
 /// One run: `n` participants sending the VP8 clip and (if `audio`) speech, all receiving
 /// `out`, and one decoding WHEP probe.
+/// A directory removed when the value is dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A recording or stream started through the API once the room is full: `endpoint` is
 /// `recordings` or `streams`, `body` the JSON request.
 #[derive(Clone, Debug)]
@@ -224,24 +233,9 @@ pub async fn server_run(
             out_dir.join("hls").display()
         ));
     }
-    let result = room_run(bin, clips, n, out, audio, timing, ports, outputs, &extra).await;
-    let _ = std::fs::remove_dir_all(&out_dir);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn room_run(
-    bin: &Path,
-    clips: &Arc<Clips>,
-    n: usize,
-    out: VideoCodec,
-    audio: bool,
-    timing: &Timing,
-    ports: (u16, u16),
-    outputs: &[OutputSpec],
-    extra: &str,
-) -> anyhow::Result<RunResult> {
-    let server = ServerProcess::start(bin, ports, extra).await?;
+    // Recordings and HLS segments of this run go when it ends, however it ends.
+    let _cleanup = RemoveOnDrop(out_dir);
+    let server = ServerProcess::start(bin, ports, &extra).await?;
     let room = "bench";
     let mut clients = Vec::new();
     let mut join_starts = Vec::new();
