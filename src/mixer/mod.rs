@@ -5,6 +5,7 @@
 
 pub mod audio;
 pub mod dsp;
+pub mod pacer;
 pub mod video;
 
 use gstreamer as gst;
@@ -21,6 +22,8 @@ pub enum MixerError {
     State(&'static str),
     #[error("GStreamer: {0}")]
     Glib(String),
+    #[error("cannot start the pacing thread: {0}")]
+    Thread(String),
 }
 
 impl MixerError {

@@ -9,6 +9,7 @@
 use crate::ids::{RoomId, SessionId};
 use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec};
 use crate::mixer::MixerError;
+use crate::mixer::pacer::Pacer;
 use crate::room::layout::Tile;
 use bytes::Bytes;
 use gstreamer as gst;
@@ -17,7 +18,7 @@ use gstreamer_app as gst_app;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 const VP8_INPUT: &str = include_str!("../../pipelines/vp8-input.gst");
@@ -46,6 +47,14 @@ pub fn live_pipelines() -> usize {
     LIVE_PIPELINES.load(Ordering::SeqCst)
 }
 
+/// Pacing threads not yet ended (one per running encoder).
+static LIVE_PACERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Pacing threads still running: each ends when its encoder's appsink is freed.
+pub fn live_pacers() -> usize {
+    LIVE_PACERS.load(Ordering::SeqCst)
+}
+
 /// Compositor stacking: tiles, and name cards over them.
 const ZORDER_TILE: u32 = 1;
 const ZORDER_CARD: u32 = 2;
@@ -61,6 +70,9 @@ pub struct VideoSettings {
     pub bitrate_kbps: u32,
     pub jitter_ms: u32,
     pub keyframe_interval_s: u32,
+    /// How far behind its fastest recent frame a composite frame may be held so that frames
+    /// leave evenly (see [`super::pacer`]); zero sends each frame as soon as it is encoded.
+    pub pacing_margin_ms: u32,
 }
 
 struct Slot {
@@ -461,7 +473,8 @@ impl VideoMixer {
             .downcast::<gst_app::AppSink>()
             .map_err(|_| MixerError::State("sink is not an appsink"))?;
         let frame_duration = Duration::from_secs(1) / self.settings.framerate;
-        let frames = tx.clone();
+        let margin = Duration::from_millis(self.settings.pacing_margin_ms.into());
+        let paced = spawn_pacer(codec, margin, tx.clone())?;
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -470,8 +483,9 @@ impl VideoMixer {
                         .buffer()
                         .and_then(|b| encoded_frame(b, frame_duration))
                     {
-                        // No receivers is not an error: the frame is simply not needed.
-                        let _ = frames.send(frame);
+                        let lateness = lateness(sink, &sample).unwrap_or_default();
+                        // Full only if the pacer stopped: the frame is then not needed.
+                        let _ = paced.try_send((frame, lateness, Instant::now()));
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -524,6 +538,52 @@ impl VideoMixer {
         self.bus_task.abort();
         let _ = self.bus_task.await;
     }
+}
+
+/// How long after its running time a sample reached the sink (zero when the sink has no clock
+/// yet, which sends it without holding it).
+fn lateness(sink: &gst_app::AppSink, sample: &gst::Sample) -> Option<Duration> {
+    let now = sink.current_running_time()?;
+    let pts = sample.buffer()?.pts()?;
+    let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+    let due = segment.to_running_time(pts)?;
+    Some(Duration::from_nanos(now.saturating_sub(due).nseconds()))
+}
+
+/// Frames waiting for the pacing thread: far more than it ever holds (its hold is at most the
+/// margin, under a frame and a half at 30 fps).
+const PACER_QUEUE: usize = 8;
+
+/// Starts the thread that releases one encoder's frames evenly into `out` ([`Pacer`]). An OS
+/// thread, not a task, so its timing does not depend on how busy the runtime is; it ends when
+/// the returned sender (held by the appsink's callbacks) is dropped with the pipeline.
+fn spawn_pacer(
+    codec: VideoCodec,
+    margin: Duration,
+    out: broadcast::Sender<EncodedFrame>,
+) -> Result<std::sync::mpsc::SyncSender<(EncodedFrame, Duration, Instant)>, MixerError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(EncodedFrame, Duration, Instant)>(PACER_QUEUE);
+    LIVE_PACERS.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name(format!("pace-{codec}"))
+        .spawn(move || {
+            let mut pacer = Pacer::new(margin);
+            while let Ok((frame, lateness, arrived)) = rx.recv() {
+                let release = arrived + pacer.hold(lateness);
+                let wait = release.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                // No receivers is not an error: the frame is simply not needed.
+                let _ = out.send(frame);
+            }
+            LIVE_PACERS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        LIVE_PACERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(MixerError::Thread(e.to_string()));
+    }
+    Ok(tx)
 }
 
 /// An encoder's output buffer as a frame for the transport (one copy, shared by every

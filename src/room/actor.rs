@@ -92,6 +92,7 @@ async fn run(
         bitrate_kbps: c.video.bitrate_kbps,
         jitter_ms: c.video.jitter_ms,
         keyframe_interval_s: c.video.keyframe_interval_s,
+        pacing_margin_ms: c.video.pacing_margin_ms,
     };
     let video = match VideoMixer::new(id.clone(), settings) {
         Ok(v) => v,

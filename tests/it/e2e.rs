@@ -144,6 +144,11 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
         0,
         "a pipeline is left"
     );
+    // Each encoder's pacing thread ends once its pipeline is freed.
+    wait_for("pacing threads end", LIMIT, || async {
+        mixdown::mixer::video::live_pacers() == 0
+    })
+    .await;
     let config = server.state.rooms.config().rtc.clone();
     for port in config.port_min..=config.port_max {
         // Every media socket is closed: each port of the range binds again.
