@@ -24,7 +24,8 @@ struct Cli {
     /// The report to write.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
-    /// Where the plots go (PNG); the report links them relative to its own folder.
+    /// Where the plots go (PNG); the report links them relative to its own folder. A partial
+    /// run (`--only`) draws none.
     #[arg(long, default_value = "bench")]
     plots: PathBuf,
     /// Runs per scenario (the report gives medians).
@@ -39,6 +40,12 @@ struct Cli {
     /// Participants of the audio-only room (three of them speak).
     #[arg(long, default_value_t = 30)]
     audio_participants: usize,
+    /// Room sizes probed by the capacity scenario (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 20, 24, 28])]
+    capacity: Vec<usize>,
+    /// Capacity sizes also run with composite pacing off, alternately with the paced runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [24])]
+    unpaced: Vec<usize>,
     /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -89,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 rooms: vec![(2, VideoCodec::Vp8)],
                 bare: vec![2],
                 capacity: vec![],
+                unpaced: vec![],
                 idle_rooms: 2,
                 audio_rooms: vec![],
                 output_room: 2,
@@ -114,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
                     (9, VideoCodec::H264),
                 ],
                 bare: vec![4, 9],
-                capacity: vec![12, 16, 20],
+                capacity: cli.capacity.clone(),
+                unpaced: cli.unpaced.clone(),
                 idle_rooms: cli.idle_rooms,
                 audio_rooms: vec![(cli.audio_participants, 3)],
                 output_room: 4,
@@ -157,8 +166,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::create_dir_all(&cli.plots)?;
-    let pngs: Vec<String> = plots(&report, &cli.plots)
+    // A partial run (`--only`) draws no plots: they show the whole suite, and a partial run
+    // must not overwrite the full run's.
+    let drawn = if cli.only.is_empty() {
+        std::fs::create_dir_all(&cli.plots)?;
+        plots(&report, &cli.plots)
+    } else {
+        Vec::new()
+    };
+    let pngs: Vec<String> = drawn
         .into_iter()
         .map(|f| {
             let path = cli.plots.join(f);

@@ -4,7 +4,8 @@
 use crate::measure::{median, quantile};
 use crate::media::Clips;
 use crate::run::{
-    AudioServer, OutputSpec, RunResult, Timing, audio_room_run, bare_run, idle_run, server_run,
+    AudioServer, Extras, OutputSpec, RunResult, Timing, audio_room_run, bare_run, idle_run,
+    server_run,
 };
 use mixdown::media::VideoCodec;
 use std::fmt::Write as _;
@@ -27,6 +28,9 @@ pub struct Plan {
     /// video-only room of the same size (the bare pipeline does no audio either).
     pub bare: Vec<usize>,
     pub capacity: Vec<usize>,
+    /// Capacity sizes also run with composite pacing off (alternately with the paced run), to
+    /// show what pacing does to late frames and latency.
+    pub unpaced: Vec<usize>,
     pub idle_rooms: usize,
     /// Audio-only rooms: (participants, speakers), on Mixdown and on Janus AudioBridge.
     pub audio_rooms: Vec<(usize, usize)>,
@@ -91,6 +95,8 @@ pub struct Report {
     pub bare: Vec<Row>,
     pub capacity: Option<usize>,
     pub capacity_rows: Vec<Row>,
+    /// (name of the paced row, the same room with pacing off)
+    pub unpaced: Vec<(String, Row)>,
     pub idle: Option<Row>,
     /// Pairs of rows (Mixdown, Janus AudioBridge) for each audio-only room.
     pub audio: Vec<(Row, Row)>,
@@ -128,7 +134,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
-                    &[],
+                    Extras::default(),
                 )
                 .await,
                 &mut errors,
@@ -158,7 +164,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     false,
                     &plan.timing,
                     next_ports(),
-                    &[],
+                    Extras::default(),
                 )
                 .await,
                 &mut errors,
@@ -173,8 +179,14 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     }
     let mut capacity = None;
     let mut capacity_rows = Vec::new();
+    let mut unpaced_rows = Vec::new();
     for n in &plan.capacity {
         let mut row = Row::new(format!("capacity probe: {n} participants, VP8 out"), *n);
+        let compare = plan.unpaced.contains(n);
+        let mut unpaced = Row::new(
+            format!("capacity probe: {n} participants, VP8 out, pacing off"),
+            *n,
+        );
         for _ in 0..plan.runs {
             row.record(
                 server_run(
@@ -185,11 +197,33 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
-                    &[],
+                    Extras::default(),
                 )
                 .await,
                 &mut errors,
             );
+            if compare {
+                unpaced.record(
+                    server_run(
+                        &plan.server_bin,
+                        clips,
+                        *n,
+                        VideoCodec::Vp8,
+                        true,
+                        &plan.timing,
+                        next_ports(),
+                        Extras {
+                            video: "pacing_margin_ms = 0",
+                            ..Extras::default()
+                        },
+                    )
+                    .await,
+                    &mut errors,
+                );
+            }
+        }
+        if compare {
+            unpaced_rows.push((row.name.clone(), unpaced));
         }
         let ok = row.cpu().is_some_and(|c| c <= CAPACITY_MAX_CORES)
             && row.med(|r| r.fps).is_some_and(|f| f >= CAPACITY_MIN_FPS)
@@ -272,7 +306,10 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
-                    specs,
+                    Extras {
+                        outputs: specs,
+                        ..Extras::default()
+                    },
                 )
                 .await,
                 &mut errors,
@@ -284,6 +321,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         bare,
         capacity,
         capacity_rows,
+        unpaced: unpaced_rows,
         idle,
         audio,
         outputs,
@@ -346,6 +384,7 @@ impl Report {
             .rows
             .iter()
             .chain(&self.capacity_rows)
+            .chain(self.unpaced.iter().map(|(_, r)| r))
             .chain(&self.outputs)
         {
             let v = row.pooled(|r| &r.video_latency_ms);
@@ -422,6 +461,23 @@ impl Report {
                     );
                 }
             }
+        }
+        for (paced_name, unpaced) in &self.unpaced {
+            let Some(paced) = self.capacity_rows.iter().find(|r| &r.name == paced_name) else {
+                continue;
+            };
+            let late = |r: &Row| fmt(r.med(|x| x.late_share * 100.0), 1);
+            let p50 = |r: &Row| fmt(quantile(&r.pooled(|x| &x.video_latency_ms), 0.5), 0);
+            let _ = writeln!(
+                md,
+                "Composite pacing, {} participants: {} % late frames with pacing, {} % without; \
+                 video latency p50 {} ms with, {} ms without.  ",
+                paced.participants,
+                late(paced),
+                late(unpaced),
+                p50(paced),
+                p50(unpaced)
+            );
         }
         if !self.capacity_rows.is_empty() {
             let _ = writeln!(

@@ -203,6 +203,14 @@ pub struct OutputSpec {
     pub body: serde_json::Value,
 }
 
+/// What a run adds to a plain room: outputs started once everyone is in, and lines for the
+/// server's `[video]` section (say, `pacing_margin_ms = 0`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    pub outputs: &'a [OutputSpec],
+    pub video: &'a str,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn server_run(
     bin: &Path,
@@ -212,8 +220,9 @@ pub async fn server_run(
     audio: bool,
     timing: &Timing,
     ports: (u16, u16),
-    outputs: &[OutputSpec],
+    extras: Extras<'_>,
 ) -> anyhow::Result<RunResult> {
+    let outputs = extras.outputs;
     // H.264 out: the server prefers H.264 for everyone who accepts it (participants still
     // send VP8 in the same video section).
     let mut extra = match out {
@@ -221,6 +230,8 @@ pub async fn server_run(
         VideoCodec::Vp8 => "",
     }
     .to_owned();
+    extra.push('\n');
+    extra.push_str(extras.video);
     let out_dir = std::env::temp_dir().join(format!(
         "mixdown-bench-outputs-{}-{}",
         std::process::id(),

@@ -30,7 +30,8 @@ async fn the_benchmark_harness_produces_figures() {
         runs: 1,
         rooms: vec![(2, VideoCodec::Vp8)],
         bare: vec![2],
-        capacity: vec![],
+        capacity: vec![2],
+        unpaced: vec![2],
         idle_rooms: 2,
         audio_rooms: vec![],
         output_room: 2,
@@ -77,4 +78,7 @@ async fn the_benchmark_harness_produces_figures() {
         md.contains("Server ÷ bare pipeline, 2 participants"),
         "{md}"
     );
+    // The capacity probe, with its unpaced twin.
+    assert!(report.unpaced[0].1.runs[0].fps > 0.0, "{md}");
+    assert!(md.contains("Composite pacing, 2 participants:"), "{md}");
 }
