@@ -37,6 +37,9 @@ struct Cli {
     /// Rooms opened and left in the idle scenario.
     #[arg(long, default_value_t = 50)]
     idle_rooms: usize,
+    /// Runs of the audio-only room on each server, alternating (the report gives medians).
+    #[arg(long, default_value_t = 5)]
+    audio_runs: usize,
     /// Participants of the audio-only room (three of them speak).
     #[arg(long, default_value_t = 30)]
     audio_participants: usize,
@@ -93,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                     window: Duration::from_secs(2),
                 },
                 runs: 1,
+                audio_runs: 1,
                 rooms: vec![(2, VideoCodec::Vp8)],
                 bare: vec![2],
                 capacity: vec![],
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                     window: Duration::from_secs(10),
                 },
                 runs: cli.runs,
+                audio_runs: cli.audio_runs,
 
                 rooms: vec![
                     (4, VideoCodec::Vp8),

@@ -34,6 +34,9 @@ pub struct Plan {
     pub idle_rooms: usize,
     /// Audio-only rooms: (participants, speakers), on Mixdown and on Janus AudioBridge.
     pub audio_rooms: Vec<(usize, usize)>,
+    /// Alternating run pairs for the audio-only comparison: more than `runs`, because both
+    /// servers use little CPU and this shared machine's noise is large against it.
+    pub audio_runs: usize,
     /// Participants of the room whose outputs are measured.
     pub output_room: usize,
     /// Output variants (label, outputs started), the first being the baseline; they run
@@ -264,7 +267,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
             )
         };
         let mut pair = [row("Mixdown"), row("Janus AudioBridge")];
-        for _ in 0..plan.runs {
+        for _ in 0..plan.audio_runs {
             for (server, row) in [AudioServer::Mixdown, AudioServer::JanusAudioBridge]
                 .into_iter()
                 .zip(pair.iter_mut())
@@ -364,7 +367,7 @@ impl Report {
         let _ = writeln!(md, "Command: `{}`.  ", plan.command);
         let _ = writeln!(
             md,
-            "Each figure is the median of {} runs; each run measures a {:.0} s window after {:.0} s \
+            "Each figure is the median of {} runs (the audio-only comparison: {} per server); each run measures a {:.0} s window after {:.0} s \
              of warm-up. Server CPU is user+system time of the `mixdown` process from \
              `/proc/<pid>/stat` (1.0 = one core); the load generator runs in another process. \
              Latency is marker to probe on loopback (video: a patch that turns white, seen in the \
@@ -372,6 +375,7 @@ impl Report {
              it includes loopback transport and the probe's decode. Late frames: more than 10 ms \
              behind the RTP timeline at the probe.\n",
             plan.runs,
+            plan.audio_runs,
             plan.timing.window.as_secs_f64(),
             plan.timing.warmup.as_secs_f64()
         );
@@ -441,9 +445,10 @@ impl Report {
             if let (Some(mc), Some(jc)) = (m.cpu(), j.cpu()) {
                 let _ = writeln!(
                     md,
-                    "Audio-only room of {}: Mixdown ÷ Janus AudioBridge CPU = {:.2} ({mc:.2} vs {jc:.2} cores).  ",
+                    "Audio-only room of {}: Mixdown ÷ Janus AudioBridge CPU = {:.2} ({mc:.2} vs {jc:.2} cores, medians of {} alternating runs each).  ",
                     m.participants,
-                    mc / jc
+                    mc / jc,
+                    m.runs.len()
                 );
             }
         }

@@ -28,6 +28,7 @@ async fn the_benchmark_harness_produces_figures() {
             window: Duration::from_secs(3),
         },
         runs: 1,
+        audio_runs: 1,
         rooms: vec![(2, VideoCodec::Vp8)],
         bare: vec![2],
         capacity: vec![2],
