@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod media;
+pub mod memory;
 pub mod mixer;
 pub mod output;
 pub mod room;

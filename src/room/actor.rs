@@ -783,6 +783,7 @@ impl Room {
         }
         self.audio.shutdown().await;
         self.video.shutdown().await;
+        crate::memory::release_free_memory();
         tracing::info!(room = %self.id, "room closed");
     }
 }
