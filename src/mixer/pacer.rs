@@ -33,6 +33,9 @@ pub const FLOOR_PERCENTILE: usize = 5;
 pub struct Pacer {
     margin: Duration,
     recent: VecDeque<Duration>,
+    /// Scratch space for the percentile, allocated once: the pacing thread never allocates,
+    /// so it never gets a malloc arena of its own.
+    sorted: Vec<Duration>,
 }
 
 impl Pacer {
@@ -40,6 +43,7 @@ impl Pacer {
         Self {
             margin,
             recent: VecDeque::with_capacity(WINDOW),
+            sorted: Vec::with_capacity(WINDOW),
         }
     }
 
@@ -52,9 +56,10 @@ impl Pacer {
             self.recent.pop_front();
         }
         self.recent.push_back(lateness);
-        let mut sorted: Vec<Duration> = self.recent.iter().copied().collect();
-        let rank = (sorted.len() - 1) * FLOOR_PERCENTILE / 100;
-        let (_, floor, _) = sorted.select_nth_unstable(rank);
+        self.sorted.clear();
+        self.sorted.extend(self.recent.iter().copied());
+        let rank = (self.sorted.len() - 1) * FLOOR_PERCENTILE / 100;
+        let (_, floor, _) = self.sorted.select_nth_unstable(rank);
         (*floor + self.margin).saturating_sub(lateness)
     }
 }

@@ -563,11 +563,12 @@ fn spawn_pacer(
     out: broadcast::Sender<EncodedFrame>,
 ) -> Result<std::sync::mpsc::SyncSender<(EncodedFrame, Duration, Instant)>, MixerError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(EncodedFrame, Duration, Instant)>(PACER_QUEUE);
+    // Made here, not in the thread: see `Pacer::sorted`.
+    let mut pacer = Pacer::new(margin);
     LIVE_PACERS.fetch_add(1, Ordering::SeqCst);
     let spawned = std::thread::Builder::new()
         .name(format!("pace-{codec}"))
         .spawn(move || {
-            let mut pacer = Pacer::new(margin);
             while let Ok((frame, lateness, arrived)) = rx.recv() {
                 let release = arrived + pacer.hold(lateness);
                 let wait = release.saturating_duration_since(Instant::now());
