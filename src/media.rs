@@ -48,9 +48,11 @@ pub trait RtpSink: Send + Sync + 'static {
 
 pub type SharedRtpSink = Arc<dyn RtpSink>;
 
-/// The parts of an RTP packet the audio mixer needs.
+/// The parts of an RTP packet the mixers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpView<'a> {
+    /// The last packet of a frame (video) or the first of a talkspurt (audio).
+    pub marker: bool,
     pub sequence: u16,
     pub timestamp: u32,
     pub payload: &'a [u8],
@@ -81,6 +83,7 @@ pub fn parse_rtp(packet: &[u8]) -> Option<RtpView<'_>> {
         return None;
     }
     Some(RtpView {
+        marker: packet[1] & 0x80 != 0,
         sequence,
         timestamp,
         payload: &packet[start..end],
@@ -103,6 +106,9 @@ mod tests {
         assert_eq!(v.sequence, 0x1234);
         assert_eq!(v.timestamp, 960);
         assert_eq!(v.payload, b"opus");
+        assert!(!v.marker);
+        p[1] |= 0x80;
+        assert!(parse_rtp(&p).unwrap().marker);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and hands encoded frames back through channels.
 
 pub mod audio;
+pub mod batch;
 pub mod dsp;
 pub mod pacer;
 pub mod video;

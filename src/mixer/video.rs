@@ -7,8 +7,9 @@
 //! only `try_send` or `send` into channels.
 
 use crate::ids::{RoomId, SessionId};
-use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec};
+use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec, parse_rtp};
 use crate::mixer::MixerError;
+use crate::mixer::batch::FrameBatch;
 use crate::mixer::pacer::Pacer;
 use crate::room::layout::Tile;
 use bytes::Bytes;
@@ -16,8 +17,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
@@ -161,18 +162,41 @@ fn apply_tile_caps(filter: &gst::Element, width: u32, height: u32, framerate: Op
     filter.set_property("caps", caps.build());
 }
 
-/// Pushes RTP into a participant's `appsrc`. Never blocks: the appsrc is leaky. Packets are
-/// dropped while the pipeline is dormant (nobody receives video yet); the depayloader asks for
-/// a keyframe once it runs.
+/// Pushes RTP into a participant's `appsrc`, a frame's packets at a time ([`FrameBatch`]),
+/// each stamped with its arrival (running time) for the jitter buffer. Never blocks: the appsrc
+/// is leaky. Packets are dropped while the pipeline is dormant (nobody receives video yet); the
+/// depayloader asks for a keyframe once it runs.
 struct AppSrcSink {
     appsrc: gst_app::AppSrc,
     running: Arc<AtomicBool>,
+    frame: Mutex<FrameBatch<gst::Buffer>>,
 }
 
 impl RtpSink for AppSrcSink {
     fn push_rtp(&self, packet: Bytes) {
-        if self.running.load(Ordering::Relaxed) {
-            let _ = self.appsrc.push_buffer(gst::Buffer::from_slice(packet));
+        if !self.running.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some((timestamp, marker)) = parse_rtp(&packet).map(|r| (r.timestamp, r.marker)) else {
+            tracing::trace!("malformed video RTP dropped");
+            return;
+        };
+        let mut buffer = gst::Buffer::from_slice(packet);
+        if let (Some(arrival), Some(b)) = (self.appsrc.current_running_time(), buffer.get_mut()) {
+            b.set_dts(arrival);
+        }
+        let ready = match self.frame.lock() {
+            Ok(mut frame) => frame.push(buffer, timestamp, marker),
+            Err(_) => return,
+        };
+        for packets in ready {
+            let mut list = gst::BufferList::new_sized(packets.len());
+            if let Some(l) = list.get_mut() {
+                for p in packets {
+                    l.add(p);
+                }
+            }
+            let _ = self.appsrc.push_buffer_list(list);
         }
     }
 }
@@ -371,6 +395,7 @@ impl VideoMixer {
         Ok(Arc::new(AppSrcSink {
             appsrc,
             running: Arc::clone(&self.running),
+            frame: Mutex::new(FrameBatch::default()),
         }))
     }
 
