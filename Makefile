@@ -31,7 +31,7 @@ lint:
 
 # Benchmarks (issue: CPU, latency, capacity): builds release binaries, generates and caches the
 # media clips in bench/cache, runs every scenario (median of 3 runs) and writes BENCHMARKS.md
-# with bench/*.png plots. About 13 minutes on two cores.
+# with bench/*.png plots. About 15 minutes on two cores (measured 15m14s).
 bench: deps
 	bash scripts/install-deps.sh --bench
 	cargo build --release --locked -p mixdown -p mixdown-bench
