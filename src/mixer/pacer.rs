@@ -19,6 +19,11 @@
 //! come out 20 ms faster than any frame before or after (measured: 21 ms against a steady
 //! 40–48 ms). A minimum would put the line under every other frame for a whole window, and no
 //! frame would be held.
+//!
+//! No frame is held longer than twice the margin. When the pipeline gets faster for good (the
+//! first frames of a room come out about 105 ms late while the compositor waits for inputs,
+//! later ones about 40 ms), the percentile takes 15 frames to follow; without the cap those
+//! frames would wait for the old line, up to 80 ms each.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -60,7 +65,9 @@ impl Pacer {
         self.sorted.extend(self.recent.iter().copied());
         let rank = (self.sorted.len() - 1) * FLOOR_PERCENTILE / 100;
         let (_, floor, _) = self.sorted.select_nth_unstable(rank);
-        (*floor + self.margin).saturating_sub(lateness)
+        (*floor + self.margin)
+            .saturating_sub(lateness)
+            .min(2 * self.margin)
     }
 }
 
@@ -114,14 +121,28 @@ mod tests {
         let faster: Vec<Duration> = (0..WINDOW / 10).map(|_| p.hold(ms(20))).collect();
         assert_eq!(
             faster[0],
-            ms(40),
-            "a few faster frames are held to the old line"
+            ms(20),
+            "the old line would hold a faster frame 40 ms: at most twice the margin"
         );
         assert_eq!(
             faster[faster.len() - 1],
             ms(10),
             "more of them lower it to 30 ms"
         );
+    }
+
+    /// A room's first frames wait for the compositor's deadline; the steady ones after them
+    /// are never held more than twice the margin.
+    #[test]
+    fn a_room_starting_up_does_not_hold_its_steady_frames_long() {
+        let mut p = Pacer::new(ms(15));
+        for _ in 0..60 {
+            p.hold(ms(105));
+        }
+        for _ in 0..60 {
+            assert!(p.hold(ms(40)) <= ms(30));
+        }
+        assert_eq!(p.hold(ms(40)), ms(15), "the line is 40 + 15 ms by now");
     }
 
     /// The burst of fast frames when the compositor re-times its output (an input joined) does
