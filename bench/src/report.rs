@@ -114,6 +114,27 @@ fn ports(i: usize) -> (u16, u16) {
     (base, base + 199)
 }
 
+/// A room with audio and VP8 out (the capacity probes and the output variants).
+async fn vp8_room(
+    plan: &Plan,
+    clips: &Arc<Clips>,
+    n: usize,
+    ports: (u16, u16),
+    extras: Extras<'_>,
+) -> anyhow::Result<RunResult> {
+    server_run(
+        &plan.server_bin,
+        clips,
+        n,
+        VideoCodec::Vp8,
+        true,
+        &plan.timing,
+        ports,
+        extras,
+    )
+    .await
+}
+
 pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     let mut counter = 0usize;
     let mut next_ports = || {
@@ -192,35 +213,16 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         );
         for _ in 0..plan.runs {
             row.record(
-                server_run(
-                    &plan.server_bin,
-                    clips,
-                    *n,
-                    VideoCodec::Vp8,
-                    true,
-                    &plan.timing,
-                    next_ports(),
-                    Extras::default(),
-                )
-                .await,
+                vp8_room(plan, clips, *n, next_ports(), Extras::default()).await,
                 &mut errors,
             );
             if compare {
+                let unpaced_extras = Extras {
+                    video: "pacing_margin_ms = 0",
+                    ..Extras::default()
+                };
                 unpaced.record(
-                    server_run(
-                        &plan.server_bin,
-                        clips,
-                        *n,
-                        VideoCodec::Vp8,
-                        true,
-                        &plan.timing,
-                        next_ports(),
-                        Extras {
-                            video: "pacing_margin_ms = 0",
-                            ..Extras::default()
-                        },
-                    )
-                    .await,
+                    vp8_room(plan, clips, *n, next_ports(), unpaced_extras).await,
                     &mut errors,
                 );
             }
@@ -300,21 +302,12 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         .collect();
     for _ in 0..plan.runs {
         for ((_, specs), row) in plan.outputs.iter().zip(outputs.iter_mut()) {
+            let extras = Extras {
+                outputs: specs,
+                ..Extras::default()
+            };
             row.record(
-                server_run(
-                    &plan.server_bin,
-                    clips,
-                    n,
-                    VideoCodec::Vp8,
-                    true,
-                    &plan.timing,
-                    next_ports(),
-                    Extras {
-                        outputs: specs,
-                        ..Extras::default()
-                    },
-                )
-                .await,
+                vp8_room(plan, clips, n, next_ports(), extras).await,
                 &mut errors,
             );
         }
