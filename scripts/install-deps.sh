@@ -12,7 +12,9 @@ PKGS=(
   libvpx-dev libopus-dev
 )
 case "${1:-}" in
-  --test) PKGS+=(chromium nginx libnginx-mod-rtmp) ;;  # a browser peer; an RTMP server for the RTMP test
+  # A browser peer; an RTMP server for the RTMP test; network namespaces and a UDP block for
+  # the ICE-TCP test.
+  --test) PKGS+=(chromium nginx libnginx-mod-rtmp iproute2 iptables) ;;
   --bench) PKGS+=(gnuplot-nox janus) ;;   # plots; Janus AudioBridge as the audio reference
 esac
 

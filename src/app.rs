@@ -7,11 +7,12 @@ use crate::room::RoomRegistry;
 use crate::rtc::{PeerFactory, RtcSettings};
 use std::net::SocketAddr;
 
-pub fn state(config: Config) -> AppState {
-    let peers = PeerFactory::new(RtcSettings::from_config(&config));
-    AppState {
+/// The shared state; binds the media port (so it needs a tokio runtime).
+pub fn state(config: Config) -> anyhow::Result<AppState> {
+    let peers = PeerFactory::bind(RtcSettings::from_config(&config))?;
+    Ok(AppState {
         rooms: RoomRegistry::new(config, peers),
-    }
+    })
 }
 
 /// A server bound to a socket, for `main` and for end-to-end tests.
@@ -32,7 +33,7 @@ impl Server {
         let addr = listener.local_addr()?;
         Ok(Self {
             addr,
-            state: state(config),
+            state: state(config)?,
             listener,
         })
     }

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
-/// Outside Linux's default ephemeral range (32768–60999), so binds do not collide with
-/// outgoing sockets.
-pub const DEFAULT_PORT_MIN: u16 = 20000;
-pub const DEFAULT_PORT_MAX: u16 = 20999;
+/// The one UDP port every peer connection shares. Outside Linux's default ephemeral range
+/// (32768–60999), so the bind never collides with an outgoing socket.
+pub const DEFAULT_UDP_PORT: u16 = 20000;
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FRAMERATE: u32 = 30;
@@ -115,13 +114,14 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcConfig {
-    pub port_min: u16,
-    pub port_max: u16,
+    /// The UDP port all media uses (every participant and viewer); 0 picks a free one.
+    pub udp_port: u16,
     /// Advertised instead of the bound address in ICE candidates (1:1 NAT).
     pub public_ip: Option<IpAddr>,
     /// Seconds without ICE traffic before a vanished peer is removed.
     pub ice_timeout_s: u32,
-    /// Given to clients in WHIP/WHEP `Link` headers and used by the server.
+    /// Given to clients in WHIP/WHEP `Link` headers (the server itself gathers only host
+    /// candidates: it is meant to have a reachable or `public_ip` address).
     pub ice_servers: Vec<IceServer>,
 }
 
@@ -175,8 +175,7 @@ impl Default for ServerConfig {
 impl Default for RtcConfig {
     fn default() -> Self {
         Self {
-            port_min: DEFAULT_PORT_MIN,
-            port_max: DEFAULT_PORT_MAX,
+            udp_port: DEFAULT_UDP_PORT,
             public_ip: None,
             ice_timeout_s: DEFAULT_ICE_TIMEOUT_S,
             ice_servers: Vec::new(),
@@ -315,14 +314,6 @@ impl Config {
         )?;
         let r = &self.rtc;
         check(
-            r.port_min > 0 && r.port_min <= r.port_max,
-            "rtc.port_min",
-            format!(
-                "{}..={} is not a port range (port_min must be > 0 and <= port_max)",
-                r.port_min, r.port_max
-            ),
-        )?;
-        check(
             (2..=600).contains(&r.ice_timeout_s),
             "rtc.ice_timeout_s",
             format!("{} must be within 2..=600", r.ice_timeout_s),
@@ -413,8 +404,11 @@ mod tests {
         assert!(e.to_string().contains("video.width"), "{e}");
         let e = Config::from_toml("[video]\nwdth = 640\n", "x").unwrap_err();
         assert!(e.to_string().contains("wdth"), "{e}");
-        let e = Config::from_toml("[rtc]\nport_min = 3000\nport_max = 2000\n", "x").unwrap_err();
-        assert!(e.to_string().contains("rtc.port_min"), "{e}");
+        // The port range is gone (one port now): an old configuration is told so by name.
+        let e = Config::from_toml("[rtc]\nport_min = 3000\n", "x").unwrap_err();
+        assert!(e.to_string().contains("port_min"), "{e}");
+        let e = Config::from_toml("[rtc]\nudp_port = 70000\n", "x").unwrap_err();
+        assert!(e.to_string().contains("udp_port"), "{e}");
         let e = Config::from_toml("[server]\nhost = \"nope\"\n", "x").unwrap_err();
         assert!(e.to_string().contains("host"), "{e}");
         let e = Config::from_toml("[video]\nsend_codecs = []\n", "x").unwrap_err();

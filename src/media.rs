@@ -48,6 +48,10 @@ pub trait RtpSink: Send + Sync + 'static {
 
 pub type SharedRtpSink = Arc<dyn RtpSink>;
 
+/// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect:
+/// a request while one is queued adds nothing).
+pub const PLI_QUEUE: usize = 1;
+
 /// The parts of an RTP packet the mixers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpView<'a> {

@@ -53,7 +53,9 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// `extra` is appended to the generated configuration (TOML).
+    /// `extra` is appended to the generated configuration (TOML). The server's media port is
+    /// the first of `media_ports` (one port serves every connection); the range is the unit
+    /// the bench hands out so consecutive servers, and Janus, never share ports.
     pub async fn start(bin: &Path, media_ports: (u16, u16), extra: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("mixdown-bench-{}-{port}", std::process::id()));
@@ -63,10 +65,10 @@ impl ServerProcess {
             &config,
             format!(
                 "[server]\nhost = \"127.0.0.1\"\nhttp_port = {port}\n\
-                 [rtc]\nport_min = {}\nport_max = {}\n\
+                 [rtc]\nudp_port = {}\n\
                  [room]\nmax_participants = 100\n\
                  [video]\nwidth = {}\nheight = {}\n{extra}\n",
-                media_ports.0, media_ports.1, CANVAS.0, CANVAS.1
+                media_ports.0, CANVAS.0, CANVAS.1
             ),
         )?;
         let log = std::fs::File::create(dir.join("server.log"))?;

@@ -75,9 +75,6 @@ impl From<RoomError> for ApiError {
             RoomError::Rtc(RtcError::Offer(msg)) => {
                 ApiError::BadRequest(format!("the offer could not be applied: {msg}"))
             }
-            RoomError::Rtc(RtcError::NoPort { .. }) => {
-                ApiError::Unavailable("no media port is free; try again later".into())
-            }
             other => {
                 tracing::error!("join failed: {other}");
                 ApiError::Internal

@@ -60,9 +60,6 @@ pub fn live_pacers() -> usize {
 const ZORDER_TILE: u32 = 1;
 const ZORDER_CARD: u32 = 2;
 
-/// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect).
-pub const PLI_QUEUE: usize = 1;
-
 #[derive(Debug, Clone)]
 pub struct VideoSettings {
     pub width: u32,

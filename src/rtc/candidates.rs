@@ -1,7 +1,8 @@
 //! Pure SDP rewriting for 1:1 NAT: webrtc-rs 0.21 ignores its own NAT 1:1 setting, so the
 //! answer's host candidates (and connection lines) are rewritten to the public address here.
 //! With a wildcard bind every interface yields a host candidate on the same port; after the
-//! rewrite they are identical, so only the first is kept.
+//! rewrite they are identical, so only the first is kept. [`limit_candidates`] bounds how
+//! many remote candidates an offer can make the server check.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -44,9 +45,42 @@ pub fn rewrite_candidates(sdp: &str, public: IpAddr) -> String {
     out
 }
 
+/// Keeps the first `max` `a=candidate` lines of `sdp` and drops the rest.
+pub fn limit_candidates(sdp: &str, max: usize) -> String {
+    let mut kept = 0;
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("a=candidate:") {
+            if kept == max {
+                continue;
+            }
+            kept += 1;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offers_keep_a_bounded_number_of_candidates() {
+        let mut sdp = String::from("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n");
+        for i in 0..100 {
+            sdp.push_str(&format!(
+                "a=candidate:{i} 1 udp 1 198.18.0.{} 5000 typ host\r\n",
+                i % 250
+            ));
+        }
+        sdp.push_str("a=mid:0\r\n");
+        let out = limit_candidates(&sdp, 16);
+        assert_eq!(out.matches("a=candidate:").count(), 16);
+        assert!(out.starts_with("v=0\r\nm=audio") && out.ends_with("a=mid:0\r\n"));
+        assert!(out.contains("a=candidate:15 ") && !out.contains("a=candidate:16 "));
+        assert_eq!(limit_candidates("v=0\r\n", 16), "v=0\r\n");
+    }
 
     #[test]
     fn host_candidates_get_the_public_address_once() {

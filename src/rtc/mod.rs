@@ -1,39 +1,49 @@
-//! The transport plane: one webrtc-rs peer connection per participant or viewer. The only
-//! place that imports `webrtc` / `rtc`. It answers offers ([`PeerFactory::answer`]), pushes
-//! received RTP into the sinks the room gives it, writes the room's encoded frames to the peer,
-//! and reports what happens ([`SessionEvent`]) without ever deciding anything itself.
+//! The transport plane: every peer connection of the process on one UDP port. The only place
+//! that imports `webrtc` / `rtc`. It binds the shared media sockets, routes each datagram to
+//! its session ([`router`]), drives one sans-IO `rtc` peer connection per participant or
+//! viewer ([`driver`]), pushes received RTP into the sinks the room gives it, writes the
+//! room's encoded frames to the peer, and reports what happens ([`SessionEvent`]) without
+//! ever deciding anything itself.
+//!
+//! Why sans-IO: the async `webrtc` crate binds a socket per connection and has no UDP mux;
+//! its core crate `rtc` takes datagrams and gives datagrams, so one socket loop can serve
+//! every connection.
 
 mod candidates;
+mod codecs;
+mod driver;
 mod keyframe_interceptor;
-mod ports;
+mod router;
 mod session;
+mod stun;
+mod tcp;
+mod udp;
 
-pub use candidates::rewrite_candidates;
-pub use ports::{PortLease, PortPool};
-pub use session::{
-    PeerSession, SessionEvent, SessionMedia, TrackKind, opus_params, sample_track,
-    video_codec_params,
-};
+pub use candidates::{limit_candidates, rewrite_candidates};
+pub use codecs::{opus_params, sample_track, video_codec_params};
+pub use router::TransportStats;
+pub use session::{MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind};
 
-use crate::config::{Config, IceServer};
-use std::net::IpAddr;
+use crate::config::Config;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Attempts to bind a port before giving up (a port can be taken by another program).
-const BIND_ATTEMPTS: usize = 8;
-
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
-    #[error("no free media port in {min}..={max}")]
-    NoPort { min: u16, max: u16 },
-    #[error("could not bind a media socket on {ip} after {BIND_ATTEMPTS} ports: {last}")]
-    Bind { ip: IpAddr, last: String },
+    #[error("cannot bind the media port {port} on {ip}: {reason}")]
+    Bind {
+        ip: IpAddr,
+        port: u16,
+        reason: String,
+    },
+    #[error("no address to bind media on (no interface is up)")]
+    NoAddress,
     #[error("the offer was refused: {0}")]
     Offer(String),
     #[error("could not negotiate: {0}")]
     Negotiation(String),
-    #[error("ICE gathering did not complete")]
+    #[error("the answer has no local description")]
     Gathering,
     #[error("the candidate was refused: {0}")]
     Candidate(String),
@@ -43,10 +53,10 @@ pub enum RtcError {
 pub struct RtcSettings {
     pub bind_ip: IpAddr,
     pub public_ip: Option<IpAddr>,
-    pub port_min: u16,
-    pub port_max: u16,
-    pub ice_servers: Vec<IceServer>,
+    pub udp_port: u16,
     pub ice_timeout: Duration,
+    /// Packets kept per video stream for retransmission ([`session::nack_packets`]).
+    pub nack_packets: u16,
 }
 
 impl RtcSettings {
@@ -54,32 +64,105 @@ impl RtcSettings {
         Self {
             bind_ip: c.server.host,
             public_ip: c.rtc.public_ip,
-            port_min: c.rtc.port_min,
-            port_max: c.rtc.port_max,
-            ice_servers: c.rtc.ice_servers.clone(),
+            udp_port: c.rtc.udp_port,
             ice_timeout: Duration::from_secs(c.rtc.ice_timeout_s as u64),
+            nack_packets: session::nack_packets(c.video.bitrate_kbps),
         }
     }
 }
 
-/// Builds peer connections; shared by all rooms (it owns the port pool).
+/// The shared sockets, their readers, the ICE-TCP listeners and the routing table. Dropping
+/// the last reference stops the readers and closes the sockets.
+pub(crate) struct Transport {
+    sockets: udp::Sockets,
+    /// The ICE-TCP passive candidates' addresses (the media addresses, TCP).
+    tcp_addrs: Vec<SocketAddr>,
+    tcp: Arc<tcp::TcpConns>,
+    router: Arc<router::Router>,
+    readers: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
+}
+
+/// Builds peer connections; shared by all rooms (it owns the media sockets).
 #[derive(Clone)]
 pub struct PeerFactory {
     settings: Arc<RtcSettings>,
-    ports: Arc<PortPool>,
+    transport: Arc<Transport>,
 }
 
 impl PeerFactory {
-    pub fn new(settings: RtcSettings) -> Self {
-        let ports = PortPool::new(settings.port_min, settings.port_max);
-        Self {
-            settings: Arc::new(settings),
-            ports,
+    /// Binds the media port (on every interface address when the host is a wildcard) and
+    /// starts the socket readers. Needs a tokio runtime.
+    pub fn bind(settings: RtcSettings) -> Result<Self, RtcError> {
+        let ips = if settings.bind_ip.is_unspecified() {
+            udp::interface_ips(settings.bind_ip.is_ipv6())
+        } else {
+            vec![settings.bind_ip]
+        };
+        if ips.is_empty() {
+            return Err(RtcError::NoAddress);
         }
+        let sockets = udp::Sockets::bind(&ips, settings.udp_port).map_err(|e| RtcError::Bind {
+            ip: settings.bind_ip,
+            port: settings.udp_port,
+            reason: e.to_string(),
+        })?;
+        let router = Arc::new(router::Router::default());
+        let conns = Arc::new(tcp::TcpConns::default());
+        let mut readers = sockets.spawn_readers(&router);
+        let mut tcp_addrs = Vec::new();
+        for a in sockets.addrs().collect::<Vec<_>>() {
+            // ICE-TCP on the same port number, for clients whose network blocks UDP.
+            let bind_err = |e: std::io::Error| RtcError::Bind {
+                ip: a.ip(),
+                port: a.port(),
+                reason: format!("TCP: {e}"),
+            };
+            let std = std::net::TcpListener::bind(a).map_err(bind_err)?;
+            std.set_nonblocking(true).map_err(bind_err)?;
+            let listener = tokio::net::TcpListener::from_std(std).map_err(bind_err)?;
+            tcp_addrs.push(a);
+            readers.push(
+                tokio::spawn(tcp::accept_loop(
+                    listener,
+                    Arc::clone(&router),
+                    Arc::clone(&conns),
+                ))
+                .abort_handle(),
+            );
+            tracing::info!(addr = %a, "media port bound (UDP, and TCP for ICE-TCP)");
+        }
+        Ok(Self {
+            settings: Arc::new(settings),
+            transport: Arc::new(Transport {
+                sockets,
+                tcp_addrs,
+                tcp: conns,
+                router,
+                readers,
+            }),
+        })
     }
 
-    /// Media ports currently held by live peer connections.
-    pub fn ports_in_use(&self) -> usize {
-        self.ports.in_use()
+    /// The local addresses media is served on (one port).
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.transport.sockets.addrs().collect()
+    }
+
+    /// Sessions registered on the media sockets and what the router did with datagrams.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.transport.router.snapshot()
+    }
+
+    /// Peer connections still alive (their drivers have not ended).
+    pub fn sessions_open(&self) -> usize {
+        self.transport.router.snapshot().sessions
     }
 }

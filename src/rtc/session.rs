@@ -1,47 +1,59 @@
-//! One peer connection: answering the offer, reading the publisher's tracks into the room's
-//! sinks, writing the room's frames to the receiver, and reporting events. Event handlers only
-//! forward (`try_send`) or spawn the per-track task; every task ends when the session closes.
+//! Answering an offer: a sans-IO `rtc` peer connection set up on the shared media sockets,
+//! handed to its own [`driver`](super::driver) task. [`PeerSession`] is the room's handle to
+//! it: trickled candidates go in, closing ends the driver, which frees everything it holds.
 
-use super::keyframe_interceptor::{KeyframeRequestForwarder, is_keyframe_request};
-use super::{PeerFactory, PortLease, RtcError, rewrite_candidates};
+use super::codecs::{media_engine, opus_params, video_codec_params};
+use super::driver::{self, Command, Driver};
+use super::keyframe_interceptor::KeyframeRequestForwarder;
+use super::{PeerFactory, RtcError, limit_candidates, rewrite_candidates};
 use crate::ids::SessionId;
 use crate::media::{EncodedFrame, SharedRtpSink, VideoCodec};
-use crate::room::keyframe::KeyframeGate;
 use ::rtc::interceptor::Registry;
-use ::rtc::media::Sample;
 use ::rtc::media_stream::MediaStreamTrack;
+use ::rtc::peer_connection::RTCPeerConnectionBuilder;
 use ::rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use ::rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use ::rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
-};
+use ::rtc::peer_connection::configuration::media_engine::MediaEngine;
 use ::rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use ::rtc::peer_connection::sdp::RTCSessionDescription;
-use ::rtc::peer_connection::transport::RTCIceServer;
-use ::rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use ::rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+use ::rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
-use ::rtc::shared::marshal::Marshal;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use ::rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rand::distr::{Alphanumeric, SampleString};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::AbortHandle;
-use webrtc::media_stream::Track;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionState,
-};
 
-/// How long an answer may wait for ICE gathering (one explicit socket: it completes at once).
-const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
-/// At most one PLI to a publisher per this interval.
-const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Remote candidates one session takes (from the offer and trickled together): more would
+/// only make the server send connectivity checks wherever an offer points it.
+pub const MAX_REMOTE_CANDIDATES: usize = 16;
+/// Datagrams queued for one session's driver; when full, the socket reader drops (the
+/// driver is behind, and late media is worthless).
+pub const INBOUND_QUEUE: usize = 512;
+/// Commands (candidates, close) queued for one driver; senders wait when it is full.
+const COMMAND_QUEUE: usize = 16;
+/// How long [`PeerSession::close`] waits for the driver to say goodbye to the peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// SRTP/SRTCP/DTLS anti-replay windows (packets): a replayed packet is dropped.
+const SRTP_REPLAY_WINDOW: usize = 256;
+const SRTCP_REPLAY_WINDOW: usize = 128;
+const DTLS_REPLAY_WINDOW: usize = 128;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_retransmission_buffer_follows_the_bitrate() {
+        use super::nack_packets;
+        assert_eq!(nack_packets(1500), 128);
+        assert_eq!(nack_packets(100), 64);
+        assert_eq!(nack_packets(8000), 512);
+        assert_eq!(nack_packets(u32::MAX), 32768);
+        for kbps in [1, 300, 1000, 1234, 4000, 50_000] {
+            assert!(nack_packets(kbps).is_power_of_two());
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackKind {
@@ -49,7 +61,7 @@ pub enum TrackKind {
     Video(VideoCodec),
 }
 
-/// What a session reports to its room. Sent with `try_send` from handlers; the room's
+/// What a session reports to its room. Sent with `try_send` from the driver; the room's
 /// session-event queue is sized so that it only fills if the room actor is stuck.
 pub enum SessionEvent {
     /// A publisher's track delivered its first packet: where should its RTP go? `pli` is the
@@ -80,24 +92,14 @@ pub struct SessionMedia {
     pub audio: Option<mpsc::Receiver<EncodedFrame>>,
 }
 
-type TaskList = Arc<Mutex<Vec<AbortHandle>>>;
-
-fn track_task(tasks: &TaskList, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-    let handle = tokio::spawn(fut).abort_handle();
-    // Poisoning needs a panic while pushing to a Vec; the list stays usable regardless.
-    tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
-}
-
-/// A live peer connection and its tasks. [`close`](Self::close) ends everything; dropping it
-/// without closing still aborts the tasks and frees the port, but leaves webrtc-rs's driver to
-/// notice on its own.
+/// A live peer connection, driven by its own task. [`close`](Self::close) tells the peer
+/// and waits for the driver to end; dropping the handle ends the driver too.
 pub struct PeerSession {
     pub id: SessionId,
     /// This peer connection's number (a session keeps its id across renegotiations).
     pub peer: u64,
-    pc: Box<dyn PeerConnection>,
-    tasks: TaskList,
-    _port: PortLease,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl PeerSession {
@@ -108,189 +110,119 @@ impl PeerSession {
         sdp_mid: Option<String>,
         sdp_mline_index: Option<u16>,
     ) -> Result<(), RtcError> {
-        self.pc
-            .add_ice_candidate(::rtc::peer_connection::transport::RTCIceCandidateInit {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment: None,
-                url: None,
-            })
+        let (reply, answer) = oneshot::channel();
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid,
+            sdp_mline_index,
+            username_fragment: None,
+            url: None,
+        };
+        let gone = || RtcError::Candidate("the peer connection has closed".into());
+        self.commands
+            .send(Command::Candidate(init, reply))
             .await
-            .map_err(|e| RtcError::Candidate(e.to_string()))
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     pub async fn close(self) {
-        if let Err(e) = self.pc.close().await {
-            tracing::debug!(session = %self.id, "close: {e}");
+        let _ = self.commands.send(Command::Close).await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(session = %self.id, "peer connection driver did not end; aborted");
+            abort.abort();
         }
-        // Dropping self aborts the tasks and returns the port.
     }
 }
 
-impl Drop for PeerSession {
-    fn drop(&mut self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
-    }
+/// Retransmissions reach back this far: a NACK answered later than this is too late to help
+/// a live picture, whose receiver asks for a keyframe instead.
+pub const NACK_HISTORY: Duration = Duration::from_millis(500);
+/// Assumed RTP packet size for sizing the retransmission buffer.
+const NACK_PACKET_BYTES: u32 = 1100;
+
+/// The retransmission buffer for one video stream of `bitrate_kbps`: the packets of
+/// [`NACK_HISTORY`], as a power of two (the buffer's requirement), at least 64. At the
+/// default 1500 kbit/s that is 128 packets (~150 KB), where webrtc-rs defaults to 1024.
+pub fn nack_packets(bitrate_kbps: u32) -> u16 {
+    let per_s = (bitrate_kbps as u64 * 1000 / 8).div_ceil(NACK_PACKET_BYTES as u64);
+    let n = (per_s * NACK_HISTORY.as_millis() as u64).div_ceil(1000);
+    n.clamp(64, 32768).next_power_of_two().min(32768) as u16
+}
+
+/// The interceptor chain: webrtc-rs's defaults (NACK both ways, TWCC feedback for what we
+/// receive, RTCP reports, simulcast header extensions) with a retransmission buffer of
+/// `nack_packets`, and the PLI/FIR forwarder.
+fn interceptors(engine: &mut MediaEngine, nack_packets: u16) -> Result<Registry, RtcError> {
+    use ::rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+    use ::rtc::peer_connection::configuration::interceptor_registry as ir;
+    let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
+    // NACK and PLI feedback are in the video codecs' own parameters.
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(nack_packets).build(),
+        )
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    ir::configure_simulcast_extension_headers(engine).map_err(neg)?;
+    let registry = ir::configure_twcc_receiver_only(registry, engine).map_err(neg)?;
+    Ok(ir::configure_rtcp_reports(registry)
+        .with(Slot::from(14_000), KeyframeRequestForwarder::default()))
 }
 
 /// Numbers every peer connection this process builds.
 static NEXT_PEER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-struct Handler {
-    id: SessionId,
-    peer: u64,
-    events: mpsc::Sender<SessionEvent>,
-    gathered: Mutex<Option<oneshot::Sender<()>>>,
-    tasks: TaskList,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete
-            && let Some(tx) = self
-                .gathered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-        {
-            let _ = tx.send(());
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(session = %self.id, %state, "connection state");
-        let event = match state {
-            RTCPeerConnectionState::Connected => SessionEvent::Connected { session: self.id },
-            RTCPeerConnectionState::Failed => SessionEvent::Gone {
-                session: self.id,
-                peer: self.peer,
-                reason: "ICE failed",
-            },
-            RTCPeerConnectionState::Closed => SessionEvent::Gone {
-                session: self.id,
-                peer: self.peer,
-                reason: "closed",
-            },
-            _ => return,
-        };
-        let _ = self.events.try_send(event);
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        track_task(&self.tasks, read_track(self.id, track, self.events.clone()));
-    }
-}
-
-fn rtcp_feedback() -> Vec<RTCPFeedback> {
-    [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
-        .into_iter()
-        .map(|(typ, parameter)| RTCPFeedback {
-            typ: typ.to_owned(),
-            parameter: parameter.to_owned(),
-        })
-        .collect()
-}
-
-/// The codec parameters Mixdown negotiates for `codec` (H.264: constrained baseline,
-/// packetization-mode 1), with NACK, PLI and FIR feedback.
-pub fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
-    let (mime, fmtp) = match codec {
-        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
-        VideoCodec::H264 => (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        ),
-    };
-    RTCRtpCodec {
-        mime_type: mime.to_owned(),
-        clock_rate: 90000,
-        channels: 0,
-        sdp_fmtp_line: fmtp.to_owned(),
-        rtcp_feedback: rtcp_feedback(),
-    }
-}
-
-/// Opus at 48 kHz, stereo-capable, with in-band FEC, as browsers offer it.
-pub fn opus_params() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn media_engine() -> Result<MediaEngine, RtcError> {
-    let mut m = MediaEngine::default();
-    let err = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
-    m.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: opus_params(),
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )
-    .map_err(err)?;
-    let mut baseline = video_codec_params(VideoCodec::H264);
-    baseline.sdp_fmtp_line =
-        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f".to_owned();
-    for (pt, codec) in [
-        (96, video_codec_params(VideoCodec::Vp8)),
-        (102, video_codec_params(VideoCodec::H264)),
-        (108, baseline),
-    ] {
-        m.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: codec,
-                payload_type: pt,
-            },
-            RtpCodecKind::Video,
-        )
-        .map_err(err)?;
-    }
-    Ok(m)
-}
-
-/// A sample-writing track of one random SSRC, in stream `stream`, named `{stream}-{label}`.
-pub fn sample_track(
-    kind: RtpCodecKind,
-    codec: RTCRtpCodec,
-    stream: &str,
-    label: &str,
-) -> Result<TrackLocalStaticSample, RtcError> {
-    TrackLocalStaticSample::new(
-        Instant::now(),
-        MediaStreamTrack::new(
-            stream.to_owned(),
-            format!("{stream}-{label}"),
-            format!("{stream}-{label}"),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(rand::random::<u32>() | 1),
-                    ..Default::default()
-                },
-                codec,
+/// A track of one random SSRC, in stream `mixdown`, named `mixdown-{label}`.
+fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, label: &str) -> (MediaStreamTrack, u32) {
+    let ssrc = rand::random::<u32>() | 1;
+    let track = MediaStreamTrack::new(
+        "mixdown".to_owned(),
+        format!("mixdown-{label}"),
+        format!("mixdown-{label}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
                 ..Default::default()
-            }],
-        ),
-    )
-    .map_err(|e| RtcError::Negotiation(e.to_string()))
+            },
+            codec,
+            ..Default::default()
+        }],
+    );
+    (track, ssrc)
+}
+
+/// A host candidate on `addr`: UDP, or ICE-TCP passive (RFC 6544: the client connects).
+fn host_candidate(addr: std::net::SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, RtcError> {
+    let err = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
+    let c = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: if tcp { "tcp" } else { "udp" }.to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: if tcp {
+            ::rtc::ice::tcp_type::TcpType::Passive
+        } else {
+            ::rtc::ice::tcp_type::TcpType::Unspecified
+        },
+    }
+    .new_candidate_host()
+    .map_err(err)?;
+    RTCIceCandidate::from(&c).to_json().map_err(err)
 }
 
 impl PeerFactory {
-    /// Answers `offer`: builds the peer connection on a port of the pool, adds the room's
-    /// tracks, and returns the session with the complete answer (all candidates included).
+    /// Answers `offer`: builds the peer connection on the shared sockets, adds the room's
+    /// tracks, starts its driver, and returns the session with the complete answer (its
+    /// candidates included).
     pub async fn answer(
         &self,
         id: SessionId,
@@ -299,369 +231,104 @@ impl PeerFactory {
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(PeerSession, String), RtcError> {
         let s = &self.settings;
-        let (gathered_tx, gathered_rx) = oneshot::channel();
-        let tasks: TaskList = Arc::default();
+        let now = Instant::now();
         let peer = NEXT_PEER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let handler = Arc::new(Handler {
-            id,
-            peer,
-            events: events.clone(),
-            gathered: Mutex::new(Some(gathered_tx)),
-            tasks: Arc::clone(&tasks),
-        });
-        let ice_servers: Vec<RTCIceServer> = s
-            .ice_servers
-            .iter()
-            .map(|i| RTCIceServer {
-                urls: i.urls.clone(),
-                username: i.username.clone(),
-                credential: i.credential.clone(),
-            })
-            .collect();
+        let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
+        let offer = limit_candidates(&offer, MAX_REMOTE_CANDIDATES);
 
-        let mut last_error = String::from("no attempt");
-        let mut built = None;
-        for _ in 0..super::BIND_ATTEMPTS {
-            let lease = self.ports.lease().ok_or(RtcError::NoPort {
-                min: s.port_min,
-                max: s.port_max,
-            })?;
-            let mut engine = media_engine()?;
-            let registry = register_default_interceptors(Registry::new(), &mut engine)
-                .map_err(|e| RtcError::Negotiation(e.to_string()))?
-                .with(
-                    ::rtc::interceptor::Slot::from(14_000),
-                    KeyframeRequestForwarder::default(),
-                );
-            let settings = SettingEngineBuilder::new()
-                .with_multicast_dns_mode(::rtc::ice::mdns::MulticastDnsMode::Disabled)
-                .with_include_loopback_candidate(s.bind_ip.is_loopback())
-                .with_ice_timeouts(
-                    Some(s.ice_timeout / 2),
-                    Some(s.ice_timeout - s.ice_timeout / 2),
-                    Some(Duration::from_secs(1)),
-                )
-                .build();
-            let config = RTCConfigurationBuilder::new()
-                .with_ice_servers(ice_servers.clone())
-                .build();
-            let result = PeerConnectionBuilder::new()
-                .with_configuration(config)
-                .with_media_engine(engine)
-                .with_setting_engine(settings)
-                .with_interceptor_registry(registry)
-                .with_handler(handler.clone() as Arc<dyn PeerConnectionEventHandler>)
-                .with_udp_addrs(vec![SocketAddr::new(s.bind_ip, lease.port())])
-                .build()
-                .await;
-            match result {
-                Ok(pc) => {
-                    built = Some((Box::new(pc) as Box<dyn PeerConnection>, lease));
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(port = lease.port(), "media port unusable: {e}");
-                    last_error = e.to_string();
-                }
-            }
-        }
-        let Some((pc, lease)) = built else {
-            return Err(RtcError::Bind {
-                ip: s.bind_ip,
-                last: last_error,
-            });
-        };
-        let session = PeerSession {
-            id,
-            peer,
-            pc,
-            tasks: Arc::clone(&tasks),
-            _port: lease,
-        };
+        let mut engine = media_engine()?;
+        let registry = interceptors(&mut engine, s.nack_packets)?;
+        // The server's own ICE credentials: its ufrag is how the socket reader finds this
+        // session for every STUN request.
+        let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
+        let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(::rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .with_ice_credentials(ufrag.clone(), pwd)
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_ice_timeouts(
+                Some(s.ice_timeout / 2),
+                Some(s.ice_timeout - s.ice_timeout / 2),
+                Some(Duration::from_secs(1)),
+            )
+            .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
+            .with_srtcp_replay_protection_window(SRTCP_REPLAY_WINDOW)
+            .with_dtls_replay_protection_window(DTLS_REPLAY_WINDOW)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(engine)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(neg)?;
 
         let desc =
             RTCSessionDescription::offer(offer).map_err(|e| RtcError::Offer(e.to_string()))?;
-        session
-            .pc
-            .set_remote_description(desc)
-            .await
+        pc.set_remote_description(now, desc)
             .map_err(|e| RtcError::Offer(e.to_string()))?;
 
-        let mut writers: Vec<(Arc<TrackLocalStaticSample>, _, Writer)> = Vec::new();
-        if let Some((codec, frames)) = media.video {
-            let track = Arc::new(sample_track(
-                RtpCodecKind::Video,
-                video_codec_params(codec),
-                "mixdown",
-                "video",
-            )?);
-            let sender = session
-                .pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-            writers.push((track, sender, Writer::Video(codec, frames)));
+        let video = match media.video {
+            Some((codec, frames)) => {
+                let (track, ssrc) =
+                    local_track(RtpCodecKind::Video, video_codec_params(codec), "video");
+                let sender = pc.add_track(track).map_err(neg)?;
+                Some((sender, ssrc, codec, frames))
+            }
+            None => None,
+        };
+        let audio = match media.audio {
+            Some(frames) => {
+                let (track, ssrc) = local_track(RtpCodecKind::Audio, opus_params(), "audio");
+                let sender = pc.add_track(track).map_err(neg)?;
+                Some((sender, ssrc, frames))
+            }
+            None => None,
+        };
+        for addr in self.transport.sockets.addrs() {
+            pc.add_local_candidate(host_candidate(addr, false)?)
+                .map_err(neg)?;
         }
-        if let Some(frames) = media.audio {
-            let track = Arc::new(sample_track(
-                RtpCodecKind::Audio,
-                opus_params(),
-                "mixdown",
-                "audio",
-            )?);
-            let sender = session
-                .pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-            writers.push((track, sender, Writer::Audio(frames)));
+        for &addr in &self.transport.tcp_addrs {
+            pc.add_local_candidate(host_candidate(addr, true)?)
+                .map_err(neg)?;
         }
-
-        let answer = session
-            .pc
-            .create_answer(None)
-            .await
-            .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-        session
-            .pc
-            .set_local_description(answer)
-            .await
-            .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-        if tokio::time::timeout(GATHER_TIMEOUT, gathered_rx)
-            .await
-            .is_err()
-        {
-            return Err(RtcError::Gathering);
-        }
-        let local = session
-            .pc
-            .local_description()
-            .await
-            .ok_or(RtcError::Gathering)?;
-        let mut sdp = local.sdp;
+        let answer = pc.create_answer(None).map_err(neg)?;
+        pc.set_local_description(now, answer).map_err(neg)?;
+        let mut sdp = pc.local_description().ok_or(RtcError::Gathering)?.sdp;
         if let Some(public) = s.public_ip {
             sdp = rewrite_candidates(&sdp, public);
         }
 
-        for (track, sender, writer) in writers {
-            let params = sender
-                .get_parameters()
-                .await
-                .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-            let mime = match &writer {
-                Writer::Video(codec, _) => video_codec_params(*codec).mime_type,
-                Writer::Audio(_) => MIME_TYPE_OPUS.to_owned(),
-            };
-            let Some(pt) = params
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
-                .map(|c| c.payload_type)
-            else {
-                tracing::warn!(session = %id, %mime, "receiver did not accept the codec");
-                continue;
-            };
-            let Some(ssrc) = track.ssrcs().await.first().copied() else {
-                continue;
-            };
-            match writer {
-                Writer::Video(codec, frames) => {
-                    track_task(
-                        &tasks,
-                        write_video(track.clone(), ssrc, pt, codec, frames, events.clone()),
-                    );
-                    track_task(&tasks, read_feedback(track, codec, events.clone()));
-                }
-                Writer::Audio(frames) => track_task(&tasks, write_audio(track, ssrc, pt, frames)),
-            }
-        }
-        Ok((session, sdp))
-    }
-}
-
-enum Writer {
-    Video(VideoCodec, broadcast::Receiver<EncodedFrame>),
-    Audio(mpsc::Receiver<EncodedFrame>),
-}
-
-fn sample(frame: EncodedFrame) -> Sample {
-    Sample {
-        data: frame.data,
-        timestamp: Instant::now(),
-        duration: frame.duration,
-        packet_timestamp: 0,
-        prev_dropped_packets: 0,
-        prev_padding_packets: 0,
-    }
-}
-
-/// Writes the composite to the receiver, starting (and restarting after a gap) on a keyframe.
-async fn write_video(
-    track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
-    pt: u8,
-    codec: VideoCodec,
-    mut frames: broadcast::Receiver<EncodedFrame>,
-    events: mpsc::Sender<SessionEvent>,
-) {
-    let mut need_keyframe = true;
-    loop {
-        match frames.recv().await {
-            Ok(frame) => {
-                if need_keyframe && !frame.keyframe {
-                    continue;
-                }
-                match track.write_sample(ssrc, pt, &sample(frame), &[]).await {
-                    Ok(()) => need_keyframe = false,
-                    Err(e) => {
-                        tracing::trace!(ssrc, "video write: {e}");
-                        need_keyframe = true;
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!(
-                    ssrc,
-                    "receiver fell {n} frames behind; waiting for a keyframe"
-                );
-                need_keyframe = true;
-                let _ = events.try_send(SessionEvent::KeyframeRequest { codec });
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        }
-    }
-}
-
-async fn write_audio(
-    track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
-    pt: u8,
-    mut frames: mpsc::Receiver<EncodedFrame>,
-) {
-    while let Some(frame) = frames.recv().await {
-        if let Err(e) = track.write_sample(ssrc, pt, &sample(frame), &[]).await {
-            tracing::trace!(ssrc, "audio write: {e}");
-        }
-    }
-}
-
-/// Turns PLI/FIR from the receiver into keyframe requests for the room.
-async fn read_feedback(
-    track: Arc<TrackLocalStaticSample>,
-    codec: VideoCodec,
-    events: mpsc::Sender<SessionEvent>,
-) {
-    while let Some(event) = track.poll().await {
-        if let TrackLocalEvent::OnRtcpPacket(packets) = event
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-        {
-            let _ = events.try_send(SessionEvent::KeyframeRequest { codec });
-        }
-    }
-}
-
-fn track_kind(mime: &str) -> Option<TrackKind> {
-    if mime.eq_ignore_ascii_case(MIME_TYPE_VP8) {
-        Some(TrackKind::Video(VideoCodec::Vp8))
-    } else if mime.eq_ignore_ascii_case(MIME_TYPE_H264) {
-        Some(TrackKind::Video(VideoCodec::H264))
-    } else if mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
-        Some(TrackKind::Audio)
-    } else {
-        None
-    }
-}
-
-/// Reads one published track into the sink the room provides, and sends PLIs the decoder asks
-/// for (rate-limited).
-async fn read_track(
-    id: SessionId,
-    track: Arc<dyn TrackRemote>,
-    events: mpsc::Sender<SessionEvent>,
-) {
-    let Some(ssrc) = track.ssrcs().await.first().copied() else {
-        tracing::warn!(session = %id, "track without SSRC ignored");
-        return;
-    };
-    let kind = match track
-        .codec(ssrc)
-        .await
-        .and_then(|c| track_kind(&c.mime_type))
-    {
-        Some(k) => k,
-        None => {
-            tracing::warn!(session = %id, "track with an unsupported codec ignored");
-            while track.poll().await.is_some() {}
-            return;
-        }
-    };
-    let (pli_tx, mut pli_rx) = mpsc::channel(crate::mixer::video::PLI_QUEUE);
-    let mut sink: Option<SharedRtpSink> = None;
-    let mut gate = KeyframeGate::new(PLI_INTERVAL);
-    let send_pli = |track: Arc<dyn TrackRemote>| async move {
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: ssrc,
-        };
-        if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
-            tracing::debug!(%id, "PLI: {e}");
-        }
-    };
-    loop {
-        let deferred = gate.poll_timeout();
-        tokio::select! {
-            event = track.poll() => match event {
-                Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
-                    if sink.is_none() {
-                        let (reply, answer) = oneshot::channel();
-                        let started = SessionEvent::TrackStarted {
-                            session: id,
-                            kind,
-                            payload_type: packet.header.payload_type,
-                            pli: pli_tx.clone(),
-                            reply,
-                        };
-                        if events.send(started).await.is_err() {
-                            return;
-                        }
-                        match answer.await {
-                            Ok(Some(s)) => sink = Some(s),
-                            _ => {
-                                tracing::debug!(session = %id, "room declined the track");
-                                while track.poll().await.is_some() {}
-                                return;
-                            }
-                        }
-                        if matches!(kind, TrackKind::Video(_)) && gate.handle_request(Instant::now()) {
-                            send_pli(track.clone()).await;
-                        }
-                    }
-                    if let (Some(sink), Ok(bytes)) = (&sink, packet.marshal()) {
-                        sink.push_rtp(bytes.freeze());
-                    }
-                }
-                Some(TrackRemoteEvent::OnEnded) | None => break,
-                Some(_) => {}
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        self.transport.router.register(peer, &ufrag, inbound_tx);
+        let mut d = Driver::new(
+            id,
+            peer,
+            pc,
+            driver::Io {
+                inbound,
+                commands: command_rx,
+                events,
+                transport: std::sync::Arc::clone(&self.transport),
             },
-            Some(()) = pli_rx.recv() => {
-                if gate.handle_request(Instant::now()) {
-                    send_pli(track.clone()).await;
-                }
-            }
-            _ = sleep_until_opt(deferred) => {
-                if gate.poll_force(Instant::now()) {
-                    send_pli(track.clone()).await;
-                }
-            }
+        );
+        if let Some((sender, ssrc, codec, frames)) = video {
+            d.send_video(sender, ssrc, codec, frames)?;
         }
-    }
-    tracing::debug!(session = %id, ?kind, "published track ended");
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
+        if let Some((sender, ssrc, frames)) = audio {
+            d.send_audio(sender, ssrc, frames)?;
+        }
+        let task = tokio::spawn(d.run());
+        Ok((
+            PeerSession {
+                id,
+                peer,
+                commands,
+                task,
+            },
+            sdp,
+        ))
     }
 }

@@ -3,6 +3,7 @@
 //! playing a tone. The page reports what Chromium decoded, from `getStats`.
 
 use crate::common::client::{Client, ClientOptions};
+use crate::common::netns::NetNs;
 use crate::common::{CHROMIUM, CHROMIUM_FLAGS, TestServer, init_logging, test_config, wait_for};
 use axum::routing::{get, post};
 use std::time::Duration;
@@ -26,6 +27,36 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     )
     .await;
 
+    let (report, joined) = chromium_report(&server, room, "127.0.0.1".parse().unwrap(), None).await;
+    assert!(joined, "the server never decoded Chromium's camera");
+    let last = assert_decoded_the_mix(&report);
+    tracing::info!(%last, "chromium report");
+
+    // The page sent DELETE: only the tone participant is left.
+    wait_for(
+        "chromium's session to end",
+        Duration::from_secs(15),
+        || async {
+            server
+                .room_info(room)
+                .await
+                .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
+        },
+    )
+    .await;
+    tone.leave().await;
+    server.stop().await;
+}
+
+/// Runs the test page in headless Chromium (inside `ns` if given), joining `room` over WHIP,
+/// with the page served from `page_ip`. Returns the page's report and whether the server
+/// decoded Chromium's camera meanwhile.
+pub(crate) async fn chromium_report(
+    server: &TestServer,
+    room: &str,
+    page_ip: std::net::IpAddr,
+    ns: Option<&NetNs>,
+) -> (serde_json::Value, bool) {
     // The test page comes from another origin; the page posts its figures back here.
     let (report_tx, mut reports) = mpsc::channel::<String>(1);
     let page_app = axum::Router::new()
@@ -40,7 +71,7 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((page_ip, 0)).await.unwrap();
     let page_addr = listener.local_addr().unwrap();
     let page_task = tokio::spawn(async move { axum::serve(listener, page_app).await });
 
@@ -49,8 +80,15 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
         "http://{page_addr}/?whip={}&report=http://{page_addr}/report",
         server.url(&format!("/whip/{room}"))
     );
-    let mut chromium = tokio::process::Command::new(CHROMIUM)
+    let mut command = match ns {
+        Some(ns) => ns.command(CHROMIUM),
+        None => tokio::process::Command::new(CHROMIUM),
+    };
+    // getUserMedia needs a secure context: loopback is one, another address is not.
+    let secure = format!("--unsafely-treat-insecure-origin-as-secure=http://{page_addr}");
+    let mut chromium = command
         .args(CHROMIUM_FLAGS)
+        .arg(secure)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&url)
         .stdout(std::process::Stdio::null())
@@ -82,9 +120,13 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     page_task.abort();
     let _ = std::fs::remove_dir_all(&profile);
 
-    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    (serde_json::from_str(&report).unwrap(), joined)
+}
+
+/// The page decoded the 640x360 composite, frames still rising at the end, with audio.
+/// Returns the last sample.
+pub(crate) fn assert_decoded_the_mix(report: &serde_json::Value) -> serde_json::Value {
     assert!(report.get("error").is_none(), "page error: {report}");
-    assert!(joined, "the server never decoded Chromium's camera");
     let samples = report["samples"].as_array().unwrap();
     let last = samples.last().unwrap();
     let frames: Vec<u64> = samples
@@ -100,20 +142,5 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
             && last["audioLevel"].as_f64().unwrap_or(0.0) > 0.0,
         "no audio: {last}"
     );
-    tracing::info!(%last, "chromium report");
-
-    // The page sent DELETE: only the tone participant is left.
-    wait_for(
-        "chromium's session to end",
-        Duration::from_secs(15),
-        || async {
-            server
-                .room_info(room)
-                .await
-                .is_some_and(|i| i["participants"].as_array().is_some_and(|p| p.len() == 1))
-        },
-    )
-    .await;
-    tone.leave().await;
-    server.stop().await;
+    last.clone()
 }

@@ -6,17 +6,22 @@ use crate::common::webrtcbin::WebrtcbinClient;
 use crate::common::{Received, TestServer, close_to, init_logging, test_config, tone_db, wait_for};
 use std::time::{Duration, Instant};
 
-const RED: (u32, [u8; 3]) = (0xffff0000, [255, 0, 0]);
-const GREEN: (u32, [u8; 3]) = (0xff00ff00, [0, 255, 0]);
-const BLUE: (u32, [u8; 3]) = (0xff0000ff, [0, 0, 255]);
-const TONES: [f32; 3] = [500.0, 800.0, 1300.0];
+pub(crate) const RED: (u32, [u8; 3]) = (0xffff0000, [255, 0, 0]);
+pub(crate) const GREEN: (u32, [u8; 3]) = (0xff00ff00, [0, 255, 0]);
+pub(crate) const BLUE: (u32, [u8; 3]) = (0xff0000ff, [0, 0, 255]);
+pub(crate) const TONES: [f32; 3] = [500.0, 800.0, 1300.0];
 /// How far a decoded colour may drift from the sent one (two lossy encodes, I420 round trips).
 const COLOUR_TOLERANCE: f32 = 48.0;
 /// Hang guard only.
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every participant's colour (by WHIP `Location`) covers its tile in what `viewer` decodes.
-async fn assert_tiles(server: &TestServer, room: &str, viewer: &Received, who: &[(&str, [u8; 3])]) {
+pub(crate) async fn assert_tiles(
+    server: &TestServer,
+    room: &str,
+    viewer: &Received,
+    who: &[(&str, [u8; 3])],
+) {
     let mut last = String::new();
     for _ in 0..50 {
         let frame = viewer.frame().expect("a decoded frame");
@@ -37,7 +42,7 @@ async fn assert_tiles(server: &TestServer, room: &str, viewer: &Received, who: &
 }
 
 /// The listener hears each of `present` and not `absent` (at least 20 dB below the others).
-fn assert_hears(who: &str, c: &Received, present: &[f32], absent: &[f32]) {
+pub(crate) fn assert_hears(who: &str, c: &Received, present: &[f32], absent: &[f32]) {
     let audio = c.recent_audio(48_000);
     assert!(audio.len() >= 24_000, "{who}: only {} samples", audio.len());
     let weakest_present = present
@@ -136,7 +141,7 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
     }
     let rooms = server.state.rooms.clone();
     wait_for("room teardown", LIMIT, || async {
-        rooms.room_count() == 0 && rooms.live_rooms() == 0 && rooms.peers().ports_in_use() == 0
+        rooms.room_count() == 0 && rooms.live_rooms() == 0 && rooms.peers().sessions_open() == 0
     })
     .await;
     assert_eq!(
@@ -149,12 +154,14 @@ async fn three_participants_see_every_tile_and_hear_everyone_but_themselves() {
         mixdown::mixer::video::live_pacers() == 0
     })
     .await;
-    let config = server.state.rooms.config().rtc.clone();
-    for port in config.port_min..=config.port_max {
-        // Every media socket is closed: each port of the range binds again.
-        std::net::UdpSocket::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("media port {port} still bound: {e}"));
-    }
+    // The shared media socket stays (it serves the next room); nothing else is bound.
+    let media = server.state.rooms.peers().media_addrs();
+    assert_eq!(media.len(), 1, "one media socket: {media:?}");
+    assert_eq!(
+        crate::common::udp_sockets_on_port(media[0].port()),
+        1,
+        "exactly one socket on the media port"
+    );
 
     // A new room on the same server works.
     let d = Client::join(

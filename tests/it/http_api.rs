@@ -9,7 +9,7 @@ use tower::ServiceExt;
 
 fn app() -> axum::Router {
     mixdown::mixer::init().unwrap();
-    mixdown::http::router(mixdown::app::state(test_config()))
+    mixdown::http::router(mixdown::app::state(test_config()).expect("state"))
 }
 
 async fn send(req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
@@ -80,7 +80,7 @@ async fn offer_webrtc_rejects_is_400_and_leaves_no_room() {
     // Parses as SDP with a usable codec, but has no ICE credentials or fingerprint.
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n";
-    let state = mixdown::app::state(test_config());
+    let state = mixdown::app::state(test_config()).expect("state");
     mixdown::mixer::init().unwrap();
     let router = mixdown::http::router(state.clone());
     let res = router
@@ -96,7 +96,7 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na
     }
     assert_eq!(state.rooms.room_count(), 0);
     assert_eq!(state.rooms.live_rooms(), 0);
-    assert_eq!(state.rooms.peers().ports_in_use(), 0);
+    assert_eq!(state.rooms.peers().sessions_open(), 0);
 }
 
 #[tokio::test]

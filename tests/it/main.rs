@@ -8,4 +8,5 @@ mod http_api;
 mod latency;
 mod outputs;
 mod signalling;
+mod transport;
 mod webapp;

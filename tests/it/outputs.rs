@@ -296,7 +296,7 @@ async fn a_killed_server_leaves_playable_files_and_sigterm_finalises() {
     let ports = test_config().rtc;
     let extra = format!("[recording]\ndir = \"{}\"\n", dir.display());
     let server =
-        mixdown_bench::run::ServerProcess::start(bin, (ports.port_min, ports.port_max), &extra)
+        mixdown_bench::run::ServerProcess::start(bin, (ports.udp_port, ports.udp_port), &extra)
             .await
             .expect("server process");
     let room = "crash";
@@ -344,7 +344,7 @@ async fn a_killed_server_leaves_playable_files_and_sigterm_finalises() {
     // SIGTERM: the recording is finalised (its header states the duration) before exit.
     let ports = test_config().rtc;
     let server =
-        mixdown_bench::run::ServerProcess::start(bin, (ports.port_min, ports.port_max), &extra)
+        mixdown_bench::run::ServerProcess::start(bin, (ports.udp_port, ports.udp_port), &extra)
             .await
             .expect("server process");
     let a = Client::join(&server.base, "term", sender(RED.0, TONES[0])).await;

@@ -4,6 +4,7 @@
 //! audio.
 
 pub mod media_file;
+pub mod netns;
 pub mod webrtcbin;
 
 pub use mixdown_bench::client;
@@ -37,19 +38,38 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--autoplay-policy=no-user-gesture-required",
 ];
 
-/// Each test server gets its own media port range, so tests never share ports.
-static NEXT_RANGE: AtomicU16 = AtomicU16::new(21000);
+/// Each test server gets its own media port, so tests never share one (a closed socket's
+/// port is never reused by the next test).
+static NEXT_PORT: AtomicU16 = AtomicU16::new(21000);
 
 pub fn test_config() -> Config {
-    let base = NEXT_RANGE.fetch_add(100, Ordering::SeqCst);
     let mut c = Config::default();
     c.server.http_port = 0;
-    c.rtc.port_min = base;
-    c.rtc.port_max = base + 99;
+    c.rtc.udp_port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
     c.video.width = 640;
     c.video.height = 360;
     c.video.bitrate_kbps = 800;
     c
+}
+
+/// UDP sockets of this machine (this network namespace) bound to local `port`, from
+/// `/proc/net/udp` and `/proc/net/udp6`: what `ss -uan` would list.
+pub fn udp_sockets_on_port(port: u16) -> usize {
+    let hex = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|local| local.ends_with(&hex))
+                })
+                .count()
+        })
+        .sum()
 }
 
 pub struct TestServer {

@@ -1,0 +1,705 @@
+//! One peer connection's task: it owns the sans-IO `rtc` connection and is the only code that
+//! touches it. It feeds the connection what the socket reader routed to it, the room's frames
+//! and the decoders' keyframe wishes; it sends what the connection writes (in `sendmmsg`
+//! batches), pushes received RTP into the room's sinks and reports events. It never waits
+//! on the room: everything it tells the room goes by `try_send`.
+
+use super::codecs::{opus_params, track_kind, video_codec_params};
+use super::keyframe_interceptor::is_keyframe_request;
+use super::router::{Datagram, MAX_STUN_ADDRS_PER_SESSION, Peer};
+use super::session::{MAX_REMOTE_CANDIDATES, SessionEvent};
+use super::stun::{DatagramKind, classify};
+use super::{RtcError, Transport, udp};
+use crate::ids::SessionId;
+use crate::media::{EncodedFrame, PLI_QUEUE, SharedRtpSink, VideoCodec};
+use crate::room::keyframe::KeyframeGate;
+use ::rtc::peer_connection::RTCPeerConnection;
+use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use ::rtc::peer_connection::message::RTCMessage;
+use ::rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use ::rtc::peer_connection::transport::RTCIceCandidateInit;
+use ::rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use ::rtc::rtp::packetizer::{Packetizer, new_packetizer};
+use ::rtc::rtp::sequence::new_random_sequencer;
+use ::rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use ::rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use ::rtc::sansio::Protocol;
+use ::rtc::shared::marshal::Marshal;
+use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// At most one PLI to a publisher per this interval.
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// RTP packet size the packetizers aim at (what browsers use; leaves room for SRTP and TURN).
+const RTP_MTU: usize = 1200;
+/// Datagrams handled before the connection's output is flushed (bounds the batch latency).
+const READ_BURST: usize = 64;
+/// Replies about published tracks (one per track) waiting for the driver.
+const SINK_QUEUE: usize = 4;
+/// A STUN Binding Success Response's type (RFC 5389 §6).
+const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
+/// When nothing is due, wake anyway this often (nothing is lost: it only re-arms the timer).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+pub(super) enum Command {
+    Candidate(RTCIceCandidateInit, oneshot::Sender<Result<(), RtcError>>),
+    Close,
+}
+
+/// What the driver talks to.
+pub(super) struct Io {
+    pub inbound: mpsc::Receiver<Datagram>,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: mpsc::Sender<SessionEvent>,
+    pub transport: Arc<Transport>,
+}
+
+/// The composite going to the receiver.
+struct VideoOut {
+    sender: RTCRtpSenderId,
+    codec: VideoCodec,
+    packetizer: Box<dyn Packetizer>,
+    frames: broadcast::Receiver<EncodedFrame>,
+    /// Start (and restart after a gap) on a keyframe.
+    need_keyframe: bool,
+}
+
+/// The mix-minus going to the receiver.
+struct AudioOut {
+    sender: RTCRtpSenderId,
+    packetizer: Box<dyn Packetizer>,
+    frames: mpsc::Receiver<EncodedFrame>,
+}
+
+enum Sink {
+    /// No packet yet, or the room has not answered.
+    Waiting {
+        asked: bool,
+    },
+    Ready(SharedRtpSink),
+    Declined,
+}
+
+/// A track the peer publishes.
+struct InTrack {
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    sink: Sink,
+}
+
+/// Forgets the session's routes when the driver ends, however it ends.
+struct RouteGuard {
+    transport: Arc<Transport>,
+    peer: Peer,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.transport.router.unregister(self.peer);
+    }
+}
+
+pub(super) struct Driver {
+    id: SessionId,
+    peer: Peer,
+    pc: RTCPeerConnection,
+    io: Io,
+    _routes: RouteGuard,
+    video: Option<VideoOut>,
+    audio: Option<AudioOut>,
+    tracks: HashMap<String, InTrack>,
+    sink_tx: mpsc::Sender<(String, Option<SharedRtpSink>)>,
+    sink_rx: mpsc::Receiver<(String, Option<SharedRtpSink>)>,
+    pli_tx: mpsc::Sender<()>,
+    pli_rx: mpsc::Receiver<()>,
+    gate: KeyframeGate,
+    remote_candidates: usize,
+    connected: bool,
+    gone: bool,
+    /// Where DTLS and media are accepted from: addresses that passed ICE.
+    validated: HashSet<SocketAddr>,
+    /// Addresses this session exchanges STUN with, told to the router once each.
+    stun_addrs: HashSet<SocketAddr>,
+    /// Datagrams the connection wrote, waiting for one `sendmmsg`.
+    out: Vec<TaggedBytesMut>,
+}
+
+fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
+    let mut s = pc.rtp_sender(sender)?;
+    s.get_parameters()
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)
+}
+
+fn packetizer(codec: &RTCRtpCodec, pt: u8, ssrc: u32) -> Result<Box<dyn Packetizer>, RtcError> {
+    let payloader = codec
+        .payloader()
+        .map_err(|e| RtcError::Negotiation(e.to_string()))?;
+    Ok(Box::new(new_packetizer(
+        Instant::now(),
+        RTP_MTU,
+        pt,
+        ssrc,
+        payloader,
+        Box::new(new_random_sequencer()),
+        codec.clock_rate,
+    )))
+}
+
+fn samples(frame: &EncodedFrame, clock_rate: u32) -> u32 {
+    (frame.duration.as_secs_f64() * clock_rate as f64).round() as u32
+}
+
+async fn next_video(v: &mut Option<VideoOut>) -> Result<EncodedFrame, broadcast::error::RecvError> {
+    match v {
+        Some(v) => v.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_audio(a: &mut Option<AudioOut>) -> Option<EncodedFrame> {
+    match a {
+        Some(a) => a.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub(super) fn new(id: SessionId, peer: Peer, pc: RTCPeerConnection, io: Io) -> Self {
+        let (sink_tx, sink_rx) = mpsc::channel(SINK_QUEUE);
+        let (pli_tx, pli_rx) = mpsc::channel(PLI_QUEUE);
+        let routes = RouteGuard {
+            transport: Arc::clone(&io.transport),
+            peer,
+        };
+        Self {
+            id,
+            peer,
+            pc,
+            io,
+            _routes: routes,
+            video: None,
+            audio: None,
+            tracks: HashMap::new(),
+            sink_tx,
+            sink_rx,
+            pli_tx,
+            pli_rx,
+            gate: KeyframeGate::new(PLI_INTERVAL),
+            remote_candidates: 0,
+            connected: false,
+            gone: false,
+            validated: HashSet::new(),
+            stun_addrs: HashSet::new(),
+            out: Vec::with_capacity(udp::SEND_BATCH),
+        }
+    }
+
+    /// Sends the composite on `sender` (whose track has SSRC `ssrc`), if the peer took it.
+    pub(super) fn send_video(
+        &mut self,
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        codec: VideoCodec,
+        frames: broadcast::Receiver<EncodedFrame>,
+    ) -> Result<(), RtcError> {
+        let params = video_codec_params(codec);
+        let Some(pt) = payload_type(&mut self.pc, sender, &params.mime_type) else {
+            tracing::warn!(session = %self.id, %codec, "receiver did not accept the codec");
+            return Ok(());
+        };
+        self.video = Some(VideoOut {
+            sender,
+            codec,
+            packetizer: packetizer(&params, pt, ssrc)?,
+            frames,
+            need_keyframe: true,
+        });
+        Ok(())
+    }
+
+    /// Sends the mix-minus on `sender`, if the peer took Opus.
+    pub(super) fn send_audio(
+        &mut self,
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        frames: mpsc::Receiver<EncodedFrame>,
+    ) -> Result<(), RtcError> {
+        let params = opus_params();
+        let Some(pt) = payload_type(&mut self.pc, sender, &params.mime_type) else {
+            tracing::warn!(session = %self.id, "receiver did not accept Opus");
+            return Ok(());
+        };
+        self.audio = Some(AudioOut {
+            sender,
+            packetizer: packetizer(&params, pt, ssrc)?,
+            frames,
+        });
+        Ok(())
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            self.pump().await;
+            let now = Instant::now();
+            let deadline = [self.pc.poll_timeout(), self.gate.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + IDLE_WAKE);
+            tokio::select! {
+                biased;
+                cmd = self.io.commands.recv() => match cmd {
+                    Some(Command::Candidate(init, reply)) => {
+                        let _ = reply.send(self.add_candidate(init));
+                    }
+                    Some(Command::Close) | None => break,
+                },
+                Some(d) = self.io.inbound.recv() => {
+                    self.read(d);
+                    for _ in 1..READ_BURST {
+                        match self.io.inbound.try_recv() {
+                            Ok(d) => self.read(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some((track, sink)) = self.sink_rx.recv() => self.sink_ready(track, sink),
+                Some(()) = self.pli_rx.recv() => {
+                    if self.gate.handle_request(Instant::now()) {
+                        self.send_pli();
+                    }
+                }
+                frame = next_video(&mut self.video) => self.video_frame(frame),
+                frame = next_audio(&mut self.audio) => self.audio_frame(frame),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    if let Err(e) = self.pc.handle_timeout(now) {
+                        tracing::debug!(session = %self.id, "timeout: {e}");
+                    }
+                    if self.gate.poll_force(now) {
+                        self.send_pli();
+                    }
+                }
+            }
+        }
+        // Tell the peer (DTLS close_notify) before the routes go.
+        if let Err(e) = self.pc.close() {
+            tracing::debug!(session = %self.id, "close: {e}");
+        }
+        self.flush_writes().await;
+        tracing::debug!(session = %self.id, peer = self.peer, "peer connection closed");
+    }
+
+    fn add_candidate(&mut self, init: RTCIceCandidateInit) -> Result<(), RtcError> {
+        let c = init.candidate.trim();
+        if c.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        if self.remote_candidates >= MAX_REMOTE_CANDIDATES {
+            return Err(RtcError::Candidate(format!(
+                "at most {MAX_REMOTE_CANDIDATES} remote candidates per connection"
+            )));
+        }
+        self.remote_candidates += 1;
+        self.pc
+            .add_remote_candidate(init)
+            .map_err(|e| RtcError::Candidate(e.to_string()))
+    }
+
+    fn read(&mut self, d: Datagram) {
+        let msg = TaggedBytesMut {
+            now: d.at,
+            transport: TransportContext {
+                local_addr: d.local,
+                peer_addr: d.from,
+                ecn: None,
+                transport_protocol: if d.tcp {
+                    TransportProtocol::TCP
+                } else {
+                    TransportProtocol::UDP
+                },
+            },
+            message: d.data,
+        };
+        if let Err(e) = self.pc.handle_read(msg) {
+            tracing::trace!(session = %self.id, "read: {e}");
+        }
+    }
+
+    /// Drains the connection: events, then received media, then writes. Events come first so
+    /// that a newly selected pair is validated before the answer that completes ICE leaves.
+    async fn pump(&mut self) {
+        while let Some(ev) = self.pc.poll_event() {
+            self.event(ev);
+        }
+        while let Some(msg) = self.pc.poll_read() {
+            match msg.message {
+                RTCMessage::RtpPacket(track, packet) => self.rtp(track, packet),
+                RTCMessage::RtcpPacket(_, packets) => {
+                    if let Some(v) = &self.video
+                        && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+                    {
+                        let _ = self
+                            .io
+                            .events
+                            .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.flush_writes().await;
+    }
+
+    async fn flush_writes(&mut self) {
+        while let Some(w) = self.pc.poll_write() {
+            let stun = classify(&w.message) == DatagramKind::Stun;
+            let to = w.transport.peer_addr;
+            if stun {
+                if self.stun_addrs.len() < MAX_STUN_ADDRS_PER_SESSION && self.stun_addrs.insert(to)
+                {
+                    self.io.transport.router.learn_stun(self.peer, to);
+                }
+                // A success response: the agent authenticated a check from `to` (its
+                // MESSAGE-INTEGRITY, keyed by this session's ICE password).
+                if w.message.starts_with(&BINDING_SUCCESS) {
+                    self.validate(to);
+                }
+            } else {
+                // The connection sends DTLS and media only over the pair ICE selected.
+                self.validate(to);
+            }
+            self.out.push(w);
+            if self.out.len() == udp::SEND_BATCH {
+                self.send_out().await;
+            }
+        }
+        if !self.out.is_empty() {
+            self.send_out().await;
+        }
+    }
+
+    async fn send_out(&mut self) {
+        let t = &self.io.transport;
+        let sockets = &t.sockets;
+        // ICE-TCP writes go to their connection; the rest are UDP.
+        self.out.retain(|w| {
+            if w.transport.transport_protocol == TransportProtocol::TCP {
+                if !t.tcp.send(w.transport.peer_addr, &w.message) {
+                    tracing::trace!(to = %w.transport.peer_addr, "ICE-TCP write dropped");
+                }
+                false
+            } else {
+                true
+            }
+        });
+        // One source socket per batch; with several local addresses a batch is split
+        // where the source changes.
+        let mut start = 0;
+        while start < self.out.len() {
+            let local = self.out[start].transport.local_addr;
+            let end = self.out[start..]
+                .iter()
+                .position(|w| w.transport.local_addr != local)
+                .map_or(self.out.len(), |n| start + n);
+            let batch: Vec<(SocketAddr, &[u8])> = self.out[start..end]
+                .iter()
+                .map(|w| (w.transport.peer_addr, &w.message[..]))
+                .collect();
+            udp::send_batch(sockets.for_local(local), &batch).await;
+            start = end;
+        }
+        self.out.clear();
+    }
+
+    fn validate(&mut self, addr: SocketAddr) {
+        if self.validated.len() >= MAX_STUN_ADDRS_PER_SESSION || !self.validated.insert(addr) {
+            return;
+        }
+        tracing::debug!(session = %self.id, remote = %addr, "address passed ICE");
+        self.io.transport.router.validate(self.peer, addr);
+    }
+
+    fn selected_remote(&mut self) -> Option<SocketAddr> {
+        let senders: Vec<_> = self.pc.get_senders().collect();
+        let receivers: Vec<_> = self.pc.get_receivers().collect();
+        for s in senders {
+            if let Some(a) = self.pc.rtp_sender(s).and_then(|s| {
+                let pair = s
+                    .transport()?
+                    .ice_transport()
+                    .get_selected_candidate_pair()?;
+                Some(SocketAddr::new(
+                    pair.remote().address.parse().ok()?,
+                    pair.remote().port,
+                ))
+            }) {
+                return Some(a);
+            }
+        }
+        for r in receivers {
+            if let Some(a) = self.pc.rtp_receiver(r).and_then(|r| {
+                let pair = r
+                    .transport()?
+                    .ice_transport()
+                    .get_selected_candidate_pair()?;
+                Some(SocketAddr::new(
+                    pair.remote().address.parse().ok()?,
+                    pair.remote().port,
+                ))
+            }) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    fn event(&mut self, ev: RTCPeerConnectionEvent) {
+        match ev {
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                tracing::debug!(session = %self.id, %state, "ICE state");
+                if matches!(
+                    state,
+                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+                ) && let Some(addr) = self.selected_remote()
+                {
+                    self.validate(addr);
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(session = %self.id, %state, "connection state");
+                let event = match state {
+                    RTCPeerConnectionState::Connected => {
+                        self.connected = true;
+                        SessionEvent::Connected { session: self.id }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if !self.gone =>
+                    {
+                        self.gone = true;
+                        self.connected = false;
+                        SessionEvent::Gone {
+                            session: self.id,
+                            peer: self.peer,
+                            reason: if state == RTCPeerConnectionState::Failed {
+                                "ICE failed"
+                            } else {
+                                "closed"
+                            },
+                        }
+                    }
+                    _ => return,
+                };
+                let _ = self.io.events.try_send(event);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.tracks.insert(
+                    init.track_id,
+                    InTrack {
+                        receiver: init.receiver_id,
+                        ssrc: init.ssrc,
+                        sink: Sink::Waiting { asked: false },
+                    },
+                );
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track)) => {
+                self.tracks.remove(&track);
+            }
+            _ => {}
+        }
+    }
+
+    fn rtp(&mut self, track_id: String, packet: ::rtc::rtp::Packet) {
+        self.io
+            .transport
+            .router
+            .stats
+            .rtp_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        match &track.sink {
+            Sink::Ready(sink) => {
+                if let Ok(bytes) = packet.marshal() {
+                    sink.push_rtp(bytes.freeze());
+                }
+            }
+            Sink::Declined | Sink::Waiting { asked: true } => {}
+            Sink::Waiting { asked: false } => {
+                let pt = packet.header.payload_type;
+                let receiver = track.receiver;
+                let kind = self.pc.rtp_receiver(receiver).and_then(|mut r| {
+                    r.get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.payload_type == pt)
+                        .and_then(|c| track_kind(&c.rtp_codec.mime_type))
+                });
+                let Some(track) = self.tracks.get_mut(&track_id) else {
+                    return;
+                };
+                let Some(kind) = kind else {
+                    tracing::warn!(session = %self.id, pt, "track with an unsupported codec ignored");
+                    track.sink = Sink::Declined;
+                    return;
+                };
+                let (reply, answer) = oneshot::channel();
+                let started = SessionEvent::TrackStarted {
+                    session: self.id,
+                    kind,
+                    payload_type: pt,
+                    pli: self.pli_tx.clone(),
+                    reply,
+                };
+                if self.io.events.try_send(started).is_err() {
+                    return; // the room is busy: ask again on the next packet
+                }
+                track.sink = Sink::Waiting { asked: true };
+                let back = self.sink_tx.clone();
+                tokio::spawn(async move {
+                    let sink = answer.await.ok().flatten();
+                    let _ = back.send((track_id, sink)).await;
+                });
+            }
+        }
+    }
+
+    fn sink_ready(&mut self, track_id: String, sink: Option<SharedRtpSink>) {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        match sink {
+            Some(s) => {
+                track.sink = Sink::Ready(s);
+                let is_video = self.pc.rtp_receiver(track.receiver).is_some_and(|r| {
+                    r.track().kind() == ::rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video
+                });
+                if is_video && self.gate.handle_request(Instant::now()) {
+                    self.send_pli();
+                }
+            }
+            None => {
+                tracing::debug!(session = %self.id, "room declined the track");
+                track.sink = Sink::Declined;
+            }
+        }
+    }
+
+    /// Asks the publisher for a keyframe on each of its video tracks.
+    fn send_pli(&mut self) {
+        let now = Instant::now();
+        let targets: Vec<(RTCRtpReceiverId, u32)> =
+            self.tracks.values().map(|t| (t.receiver, t.ssrc)).collect();
+        for (receiver, ssrc) in targets {
+            let Some(mut r) = self.pc.rtp_receiver(receiver) else {
+                continue;
+            };
+            if r.track().kind() != ::rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video {
+                continue;
+            }
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
+                tracing::debug!(session = %self.id, "PLI: {e}");
+            }
+        }
+    }
+
+    fn video_frame(&mut self, frame: Result<EncodedFrame, broadcast::error::RecvError>) {
+        let Some(v) = self.video.as_mut() else {
+            return;
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(session = %self.id, "receiver fell {n} frames behind; waiting for a keyframe");
+                v.need_keyframe = true;
+                let _ = self
+                    .io
+                    .events
+                    .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.video = None;
+                return;
+            }
+        };
+        if !self.connected {
+            v.need_keyframe = true;
+            return;
+        }
+        if v.need_keyframe && !frame.keyframe {
+            return;
+        }
+        let now = Instant::now();
+        let packets = match v
+            .packetizer
+            .packetize(now, &frame.data, samples(&frame, 90_000))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(session = %self.id, "video packetize: {e}");
+                return;
+            }
+        };
+        v.need_keyframe = false;
+        let sender = v.sender;
+        let Some(mut s) = self.pc.rtp_sender(sender) else {
+            return;
+        };
+        for p in packets {
+            if let Err(e) = s.write_rtp(now, p) {
+                tracing::trace!(session = %self.id, "video write: {e}");
+                if let Some(v) = self.video.as_mut() {
+                    v.need_keyframe = true;
+                }
+                break;
+            }
+        }
+    }
+
+    fn audio_frame(&mut self, frame: Option<EncodedFrame>) {
+        let Some(a) = self.audio.as_mut() else {
+            return;
+        };
+        let Some(frame) = frame else {
+            self.audio = None;
+            return;
+        };
+        let n = samples(&frame, 48_000);
+        if !self.connected {
+            a.packetizer.skip_samples(n);
+            return;
+        }
+        let now = Instant::now();
+        let packets = match a.packetizer.packetize(now, &frame.data, n) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(session = %self.id, "audio packetize: {e}");
+                return;
+            }
+        };
+        let sender = a.sender;
+        let Some(mut s) = self.pc.rtp_sender(sender) else {
+            return;
+        };
+        for p in packets {
+            if let Err(e) = s.write_rtp(now, p) {
+                tracing::trace!(session = %self.id, "audio write: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The shared media port: many sessions on one socket, and only what passed ICE gets in.
+
+use crate::browser::{assert_decoded_the_mix, chromium_report};
+use crate::common::client::{Client, ClientOptions, whip_exchange};
+use crate::common::netns::NetNs;
+use crate::common::{TestServer, init_logging, test_config, udp_sockets_on_port, wait_for};
+use crate::e2e::{BLUE, GREEN, RED, TONES, assert_hears, assert_tiles};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// Hang guard only.
+const LIMIT: Duration = Duration::from_secs(40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_peers_and_two_viewers_share_one_udp_socket() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = format!("http://{}", server.addr);
+    let port = server.state.rooms.peers().media_addrs()[0].port();
+    let room = "crowd";
+    let quiet = |colour| ClientOptions {
+        decode: false,
+        tone_hz: None,
+        ..ClientOptions::participant(colour, 0.0)
+    };
+    let loud = |(colour, _): (u32, [u8; 3]), tone| ClientOptions {
+        decode: false,
+        ..ClientOptions::participant(colour, tone)
+    };
+    let mut peers = vec![
+        Client::join(&base, room, loud(RED, TONES[0])).await,
+        Client::join(&base, room, loud(GREEN, TONES[1])).await,
+        Client::join(&base, room, loud(BLUE, TONES[2])).await,
+    ];
+    for _ in 3..20 {
+        peers.push(Client::join(&base, room, quiet(0xff808080)).await);
+    }
+    let viewers = [
+        Client::join(&base, room, ClientOptions::viewer()).await,
+        Client::join(&base, room, ClientOptions::viewer()).await,
+    ];
+    assert_eq!(server.state.rooms.peers().sessions_open(), 22);
+    wait_for("every peer receives the composite", LIMIT, || async {
+        peers.iter().all(|p| {
+            p.received.rtp_frames.lock().unwrap().len() > 5 && p.received.audio_packet_count() > 5
+        })
+    })
+    .await;
+    for v in &viewers {
+        wait_for("the viewer decodes", LIMIT, || async {
+            v.received.frame_count() > 10
+        })
+        .await;
+        let who: Vec<(&str, [u8; 3])> = peers[..3]
+            .iter()
+            .zip([RED.1, GREEN.1, BLUE.1])
+            .map(|(p, c)| (p.location.as_str(), c))
+            .collect();
+        assert_tiles(&server, room, &v.received, &who).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_hears("viewer", &v.received, &TONES, &[]);
+    }
+    // One socket serves them all: what `ss -uan` lists on the media port.
+    assert_eq!(server.state.rooms.peers().media_addrs().len(), 1);
+    assert_eq!(
+        udp_sockets_on_port(port),
+        1,
+        "one UDP socket on port {port}"
+    );
+    let stats = server.state.rooms.peers().transport_stats();
+    assert_eq!(stats.queue_full, 0, "{stats:?}");
+
+    for p in peers {
+        p.leave().await;
+    }
+    for v in viewers {
+        v.leave().await;
+    }
+    let rooms = server.state.rooms.clone();
+    wait_for("every session ends", LIMIT, || async {
+        rooms.peers().sessions_open() == 0 && rooms.room_count() == 0
+    })
+    .await;
+    assert_eq!(
+        udp_sockets_on_port(port),
+        1,
+        "the media socket stays for the next room"
+    );
+    server.stop().await;
+}
+
+/// Counts what the man in the middle did.
+#[derive(Default)]
+struct Relay {
+    /// RTP packets from the client forwarded once each.
+    rtp: AtomicU64,
+    /// Copies of SRTP/SRTCP datagrams sent again from the validated address.
+    replayed: AtomicU64,
+    /// Copies sent from an address that never did ICE.
+    spoofed: AtomicU64,
+}
+
+/// A UDP relay between one client and the server: everything passes, every SRTP/SRTCP datagram
+/// from the client is sent twice (a replay from the address ICE validated), and every fifth is
+/// also sent from a second socket (an address that did no ICE).
+async fn relay(sock: Arc<UdpSocket>, spoof: UdpSocket, server: SocketAddr, counts: Arc<Relay>) {
+    let mut client: Option<SocketAddr> = None;
+    let mut buf = vec![0u8; 2048];
+    let mut media = 0u64;
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            return;
+        };
+        let d = &buf[..n];
+        if from == server {
+            if let Some(c) = client {
+                let _ = sock.send_to(d, c).await;
+            }
+            continue;
+        }
+        client = Some(from);
+        let _ = sock.send_to(d, server).await;
+        if (128..=191).contains(&d[0]) {
+            if !(192..=223).contains(&d[1]) {
+                counts.rtp.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = sock.send_to(d, server).await;
+            counts.replayed.fetch_add(1, Ordering::Relaxed);
+            media += 1;
+            if media.is_multiple_of(5) {
+                let _ = spoof.send_to(d, server).await;
+                counts.spoofed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The answer's candidates, pointed at `port` instead of the server's.
+fn via_port(answer: &str, server_port: u16, port: u16) -> String {
+    answer.replace(
+        &format!(" {server_port} typ host"),
+        &format!(" {port} typ host"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_only_from_the_address_that_passed_ice_and_never_twice() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = format!("http://{}", server.addr);
+    let media = server.state.rooms.peers().media_addrs()[0];
+    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let relay_port = sock.local_addr().unwrap().port();
+    let spoof = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let counts = Arc::new(Relay::default());
+    let task = tokio::spawn(relay(Arc::clone(&sock), spoof, media, Arc::clone(&counts)));
+
+    let url = format!("{base}/whip/guarded");
+    let client = Client::connect(
+        &base,
+        ClientOptions::participant(RED.0, TONES[0]),
+        async move |offer: String| {
+            // The server learns the client only through the relay (a peer-reflexive address).
+            let offer: String = offer
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("a=candidate:"))
+                .collect();
+            let (location, answer) = whip_exchange(&url, offer).await?;
+            Ok((location, via_port(&answer, media.port(), relay_port)))
+        },
+    )
+    .await
+    .expect("joins through the relay");
+    wait_for("the client decodes the composite", LIMIT, || async {
+        client.received.frame_count() > 30
+    })
+    .await;
+    // Media from the real peer carries on: its own colour is in its tile, its tone in the mix.
+    assert_tiles(
+        &server,
+        "guarded",
+        &client.received,
+        &[(client.location.as_str(), RED.1)],
+    )
+    .await;
+    let viewer = Client::join(&base, "guarded", ClientOptions::viewer()).await;
+    wait_for("the viewer decodes", LIMIT, || async {
+        viewer.received.frame_count() > 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_hears("viewer", &viewer.received, &[TONES[0]], &[]);
+
+    task.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = server.state.rooms.peers().transport_stats();
+    let (rtp, replayed, spoofed) = (
+        counts.rtp.load(Ordering::Relaxed),
+        counts.replayed.load(Ordering::Relaxed),
+        counts.spoofed.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "relay: {rtp} RTP forwarded, {replayed} replayed, {spoofed} spoofed; server: {stats:?}"
+    );
+    assert!(rtp > 100 && spoofed > 20, "the relay carried media");
+    assert!(
+        stats.unvalidated >= spoofed,
+        "every datagram from the unvalidated address is dropped and counted: {stats:?}"
+    );
+    // Every packet arrived twice from the validated address; SRTP let each in once. (The
+    // viewer's own RTP does not count: it publishes nothing.)
+    assert!(
+        stats.rtp_received <= rtp,
+        "replays were accepted: {} RTP decrypted for {rtp} sent",
+        stats.rtp_received
+    );
+    assert!(
+        stats.rtp_received * 10 >= rtp * 9,
+        "media was lost: {} of {rtp}",
+        stats.rtp_received
+    );
+    client.leave().await;
+    viewer.leave().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_reaches_only_tcp_connects_over_ice_tcp() {
+    init_logging();
+    if let Some(why) = crate::common::netns::unavailable() {
+        eprintln!("SKIPPED: network namespaces unavailable here: {why}");
+        return;
+    }
+    // Chromium lives behind a link where UDP to the media port is dropped.
+    let ns = NetNs::create(&format!("mdtcp{}", std::process::id() % 100_000), 77)
+        .expect("test namespace");
+    let mut config = test_config();
+    config.server.host = ns.host_ip.into();
+    let port = config.rtc.udp_port;
+    let server = TestServer::start(config).await;
+    let port_s = port.to_string();
+    let host_s = ns.host_ip.to_string();
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "-d", &host_s, "--dport", &port_s, "-j", "DROP",
+    ])
+    .expect("iptables rule in the namespace");
+
+    let room = "tcp-only";
+    let tone = Client::join(
+        &server.url(""),
+        room,
+        ClientOptions {
+            bind_ip: ns.host_ip.into(),
+            ..ClientOptions::participant(RED.0, 700.0)
+        },
+    )
+    .await;
+    let (report, joined) = chromium_report(&server, room, ns.host_ip.into(), Some(&ns)).await;
+    assert!(report.get("error").is_none(), "page error: {report}");
+    assert!(joined, "the server never decoded Chromium's camera");
+    let last = assert_decoded_the_mix(&report);
+    assert_eq!(last["protocol"], "tcp", "Chromium's selected pair: {last}");
+    let stats = server.state.rooms.peers().transport_stats();
+    assert!(stats.delivered > 100, "{stats:?}");
+    tone.leave().await;
+    server.stop().await;
+    drop(ns);
+}
