@@ -20,6 +20,10 @@ struct Cli {
     /// HTTP port; overrides server.http_port (default 8080).
     #[arg(long)]
     http_port: Option<u16>,
+    /// The one media port (UDP, and TCP for ICE-TCP) every session shares; overrides
+    /// rtc.udp_port (default 20000).
+    #[arg(long)]
+    udp_port: Option<u16>,
     /// Public address to advertise behind 1:1 NAT; overrides rtc.public_ip.
     #[arg(long)]
     public_ip: Option<IpAddr>,
@@ -54,6 +58,9 @@ async fn run() -> anyhow::Result<()> {
     }
     if let Some(p) = cli.http_port {
         config.server.http_port = p;
+    }
+    if let Some(p) = cli.udp_port {
+        config.rtc.udp_port = p;
     }
     if let Some(ip) = cli.public_ip {
         config.rtc.public_ip = Some(ip);

@@ -2,7 +2,7 @@
 //! Nothing here imports GStreamer or webrtc-rs, so every plane can name these types.
 
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A video codec Mixdown decodes and encodes (`"vp8"`, `"h264"` in configuration).
@@ -32,12 +32,45 @@ impl std::fmt::Display for VideoCodec {
 }
 
 /// One encoded frame (video access unit, or one Opus packet). `data` is shared, never copied,
-/// when the same frame goes to many peers.
+/// when the same frame goes to many peers, and so are its RTP payloads: the first receiver's
+/// transport cuts them, every other receiver of the same encode reuses them.
 #[derive(Clone, Debug)]
 pub struct EncodedFrame {
     pub data: Bytes,
     pub duration: Duration,
     pub keyframe: bool,
+    /// The frame's number in its stream (1, 2, …; 0 when unnumbered): VP8 picture IDs come
+    /// from it.
+    pub number: u64,
+    pub payloads: PayloadCache,
+}
+
+impl EncodedFrame {
+    pub fn new(data: Bytes, duration: Duration, keyframe: bool) -> Self {
+        Self {
+            data,
+            duration,
+            keyframe,
+            number: 0,
+            payloads: PayloadCache::default(),
+        }
+    }
+
+    pub fn numbered(mut self, number: u64) -> Self {
+        self.number = number;
+        self
+    }
+}
+
+/// A frame's RTP payloads, cut once (at the first receiver) and shared by all of its clones.
+/// Cutting is stateless per frame, so which receiver does it does not matter.
+#[derive(Clone, Debug, Default)]
+pub struct PayloadCache(Arc<OnceLock<Vec<Bytes>>>);
+
+impl PayloadCache {
+    pub fn get_or_init(&self, cut: impl FnOnce() -> Vec<Bytes>) -> &[Bytes] {
+        self.0.get_or_init(cut)
+    }
 }
 
 /// Where the transport pushes a publisher's RTP packets (whole packets, header included).

@@ -8,3 +8,4 @@ pub mod media;
 pub mod received;
 pub mod report;
 pub mod run;
+pub mod transport;

@@ -6,6 +6,7 @@ use mixdown::media::VideoCodec;
 use mixdown_bench::media::load_or_generate;
 use mixdown_bench::report::{Plan, plots, run_plan};
 use mixdown_bench::run::{OutputSpec, Timing};
+use mixdown_bench::transport::{Impl, parse_range, serve};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,20 @@ struct Cli {
     /// Capacity sizes also run with composite pacing off, alternately with the paced runs.
     #[arg(long, value_delimiter = ',', default_values_t = [24])]
     unpaced: Vec<usize>,
-    /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs).
+    /// Connection counts of the transport scenario (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
+    transport: Vec<usize>,
+    /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs,
+    /// transport).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Internal: serve as the transport scenario's server process.
+    #[arg(long, hide = true)]
+    transport_server: Option<Impl>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    transport_http_port: u16,
+    #[arg(long, hide = true, default_value = "23000-23999")]
+    transport_udp: String,
 }
 
 /// What recording and broadcasting add to a room: none (the baseline), a WebM recording (the
@@ -80,6 +92,14 @@ fn output_variants() -> Vec<(String, Vec<OutputSpec>)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(imp) = cli.transport_server {
+        return serve(
+            imp,
+            cli.transport_http_port,
+            parse_range(&cli.transport_udp)?,
+        )
+        .await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -105,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 audio_rooms: vec![],
                 output_room: 2,
                 outputs: vec![],
+                transport: vec![2],
                 command,
             },
             6,
@@ -133,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 audio_rooms: vec![(cli.audio_participants, 3)],
                 output_room: 4,
                 outputs: output_variants(),
+                transport: cli.transport.clone(),
                 command,
             },
             20,
@@ -158,6 +180,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("outputs") {
             plan.outputs.clear();
+        }
+        if !keep("transport") {
+            plan.transport.clear();
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

@@ -7,6 +7,7 @@ use crate::run::{
     AudioServer, Extras, OutputSpec, RunResult, Timing, audio_room_run, bare_run, idle_run,
     server_run,
 };
+use crate::transport::{Impl, TransportResult};
 use mixdown::media::VideoCodec;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct Plan {
     /// Output variants (label, outputs started), the first being the baseline; they run
     /// alternately.
     pub outputs: Vec<(String, Vec<OutputSpec>)>,
+    /// Connection counts of the transport scenario (old and new transport alternately).
+    pub transport: Vec<usize>,
     pub command: String,
 }
 
@@ -105,6 +108,8 @@ pub struct Report {
     pub audio: Vec<(Row, Row)>,
     /// One row per output variant, the baseline first.
     pub outputs: Vec<Row>,
+    /// Per connection count: the runs of the old transport, then of the new.
+    pub transport: Vec<(usize, Vec<TransportResult>, Vec<TransportResult>)>,
     pub errors: Vec<String>,
 }
 
@@ -312,6 +317,25 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
             );
         }
     }
+    // The old and the new transport alternate within each run, for the same reason.
+    let mut transport = Vec::new();
+    for &n in &plan.transport {
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for _ in 0..plan.runs {
+            for imp in [Impl::Old, Impl::New] {
+                let warmup = plan.timing.warmup;
+                match crate::transport::run(imp, n, warmup, plan.timing.window, next_ports()).await
+                {
+                    Ok(r) => match imp {
+                        Impl::Old => old.push(r),
+                        Impl::New => new.push(r),
+                    },
+                    Err(e) => errors.push(format!("transport, {n} connections, {imp}: {e:#}")),
+                }
+            }
+        }
+        transport.push((n, old, new));
+    }
     Report {
         rows,
         bare,
@@ -321,6 +345,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         idle,
         audio,
         outputs,
+        transport,
         errors,
     }
 }
@@ -488,6 +513,9 @@ impl Report {
                     .unwrap_or_else(|| "none of the sizes probed".into())
             );
         }
+        if !self.transport.is_empty() {
+            self.transport_markdown(&mut md);
+        }
         for p in plots {
             let _ = writeln!(md, "\n![{p}]({p})");
         }
@@ -498,6 +526,59 @@ impl Report {
             }
         }
         md
+    }
+}
+
+impl Report {
+    fn transport_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Transport\n\nN connections, each sending and receiving {} packets/s (100 \
+             video of ~1,100 B, 50 audio of 100 B), to a server process that only moves packets \
+             (`mixdown-bench --transport-server`), the old and the new transport alternating. \
+             CPU and memory of the server process; µs per packet = server CPU ÷ packets in and \
+             out; syscalls counted by `strace -c -f` in a separate 3 s window (strace slows the \
+             process, so not during the CPU window); loss = packets that did not arrive of \
+             those sent in the window (in: at the server, out: at the peers). The load peers \
+             (webrtc-rs, in the bench process) share the machine's two cores with the server.\n",
+            crate::transport::PACKETS_PER_S
+        );
+        let _ = writeln!(
+            md,
+            "| connections | transport | server CPU (cores) | µs per packet | syscalls/s | syscalls per packet | MiB per connection | loss in / out | UDP sockets |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for (n, old, new) in &self.transport {
+            for (imp, runs) in [(Impl::Old, old), (Impl::New, new)] {
+                let m = |f: &dyn Fn(&TransportResult) -> Option<f64>| {
+                    median(&runs.iter().filter_map(f).collect::<Vec<_>>())
+                };
+                let _ = writeln!(
+                    md,
+                    "| {n} | {imp} | {} | {} | {} | {} | {} | {} % / {} % | {} |",
+                    fmt(m(&|r| Some(r.cores)), 2),
+                    fmt(m(&|r| Some(r.us_per_packet)), 1),
+                    fmt(m(&|r| r.syscalls_per_s), 0),
+                    fmt(m(&|r| r.syscalls_per_packet), 2),
+                    fmt(m(&|r| Some(r.mib_per_connection)), 2),
+                    fmt(m(&|r| Some(r.loss_in * 100.0)), 2),
+                    fmt(m(&|r| Some(r.loss_out * 100.0)), 2),
+                    fmt(m(&|r| Some(r.udp_sockets as f64)), 0),
+                );
+            }
+        }
+        for (n, old, new) in &self.transport {
+            let us = |runs: &Vec<TransportResult>| {
+                median(&runs.iter().map(|r| r.us_per_packet).collect::<Vec<_>>())
+            };
+            if let (Some(o), Some(w)) = (us(old), us(new)) {
+                let _ = writeln!(
+                    md,
+                    "\nTransport, {n} connections: new ÷ old CPU per packet = {:.2} ({w:.1} vs {o:.1} µs).  ",
+                    w / o
+                );
+            }
+        }
     }
 }
 

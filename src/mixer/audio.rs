@@ -264,14 +264,15 @@ impl Mixer {
                 }
             }
         }
-        let mut shared: Option<Bytes> = None;
+        // The full mix is one frame shared by every listener who gets it (its RTP payload too).
+        let mut shared: Option<EncodedFrame> = None;
         for (id, l) in self.listeners.iter_mut() {
             let speaking = self.sources.get(id).is_some_and(|s| s.speaking);
             let own_encoder = l.encoder.as_mut().filter(|_| speaking);
             if own_encoder.is_none() {
                 l.own_last = false;
             }
-            let data = if let Some(enc) = own_encoder {
+            let frame = if let Some(enc) = own_encoder {
                 if !l.own_last {
                     let _ = enc.reset_state();
                     l.own_last = true;
@@ -283,7 +284,9 @@ impl Mixer {
                     .map(|s| s.frame.as_slice());
                 mix_minus(&self.full, own, &mut self.out);
                 match enc.encode_float(&self.out, &mut self.encoded) {
-                    Ok(n) => Bytes::copy_from_slice(&self.encoded[..n]),
+                    Ok(n) => {
+                        EncodedFrame::new(Bytes::copy_from_slice(&self.encoded[..n]), FRAME, true)
+                    }
                     Err(e) => {
                         tracing::warn!(session = %id, "opus encode: {e}");
                         continue;
@@ -303,7 +306,13 @@ impl Mixer {
                     };
                     mix_minus(&self.full, None, &mut self.out);
                     match enc.encode_float(&self.out, &mut self.encoded) {
-                        Ok(n) => shared = Some(Bytes::copy_from_slice(&self.encoded[..n])),
+                        Ok(n) => {
+                            shared = Some(EncodedFrame::new(
+                                Bytes::copy_from_slice(&self.encoded[..n]),
+                                FRAME,
+                                true,
+                            ))
+                        }
                         Err(e) => {
                             tracing::warn!("opus encode: {e}");
                             return;
@@ -311,14 +320,9 @@ impl Mixer {
                     }
                 }
                 match &shared {
-                    Some(b) => b.clone(),
+                    Some(f) => f.clone(),
                     None => continue,
                 }
-            };
-            let frame = EncodedFrame {
-                data,
-                duration: FRAME,
-                keyframe: true,
             };
             if l.tx.try_send(frame).is_err() {
                 tracing::trace!(session = %id, "audio frame dropped: listener queue full");

@@ -497,6 +497,8 @@ impl VideoMixer {
         let frame_duration = Duration::from_secs(1) / self.settings.framerate;
         let margin = Duration::from_millis(self.settings.pacing_margin_ms.into());
         let paced = spawn_pacer(codec, margin, tx.clone())?;
+        // Frames are numbered in encoder order (the transport's VP8 picture IDs).
+        let numbers = std::sync::atomic::AtomicU64::new(0);
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -505,6 +507,8 @@ impl VideoMixer {
                         .buffer()
                         .and_then(|b| encoded_frame(b, frame_duration))
                     {
+                        let n = numbers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        let frame = frame.numbered(n);
                         let lateness = lateness(sink, &sample).unwrap_or_default();
                         // Full only if the pacer stopped: the frame is then not needed.
                         let _ = paced.try_send((frame, lateness, Instant::now()));
@@ -616,14 +620,14 @@ pub(crate) fn encoded_frame(
     default_duration: Duration,
 ) -> Option<EncodedFrame> {
     let map = buffer.map_readable().ok()?;
-    Some(EncodedFrame {
-        data: Bytes::copy_from_slice(map.as_slice()),
-        duration: buffer
+    Some(EncodedFrame::new(
+        Bytes::copy_from_slice(map.as_slice()),
+        buffer
             .duration()
             .map(|d| Duration::from_nanos(d.nseconds()))
             .unwrap_or(default_duration),
-        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-    })
+        !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+    ))
 }
 
 fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {

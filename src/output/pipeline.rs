@@ -200,11 +200,11 @@ mod tests {
         let (pipe, _bus) =
             OutputPipeline::build("stall-test", stalled, caps.clone(), caps, |_| Ok(())).unwrap();
         pipe.start().unwrap();
-        let frame = EncodedFrame {
-            data: Bytes::from_static(&[0u8; 100]),
-            duration: Duration::from_millis(33),
-            keyframe: true,
-        };
+        let frame = EncodedFrame::new(
+            Bytes::from_static(&[0u8; 100]),
+            Duration::from_millis(33),
+            true,
+        );
         let mut accepted = 0;
         for i in 0..300u64 {
             if pipe.push(Stream::Video, &frame, Duration::from_millis(33 * i)) {

@@ -14,13 +14,12 @@ use crate::ids::SessionId;
 use crate::media::{EncodedFrame, PLI_QUEUE, SharedRtpSink, VideoCodec};
 use crate::room::keyframe::KeyframeGate;
 use ::rtc::peer_connection::RTCPeerConnection;
+use ::rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
 use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use ::rtc::peer_connection::message::RTCMessage;
 use ::rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use ::rtc::peer_connection::transport::RTCIceCandidateInit;
 use ::rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use ::rtc::rtp::packetizer::{Packetizer, new_packetizer};
-use ::rtc::rtp::sequence::new_random_sequencer;
 use ::rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use ::rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use ::rtc::sansio::Protocol;
@@ -34,8 +33,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// At most one PLI to a publisher per this interval.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
-/// RTP packet size the packetizers aim at (what browsers use; leaves room for SRTP and TURN).
+/// RTP packet size the payloads are cut for (what browsers use; leaves room for SRTP and
+/// TURN), and the fixed RTP header within it.
 const RTP_MTU: usize = 1200;
+const RTP_HEADER: usize = 12;
 /// Datagrams handled before the connection's output is flushed (bounds the batch latency).
 const READ_BURST: usize = 64;
 /// Replies about published tracks (one per track) waiting for the driver.
@@ -58,11 +59,76 @@ pub(super) struct Io {
     pub transport: Arc<Transport>,
 }
 
+/// One outgoing RTP stream: this receiver's SSRC, sequence numbers and timestamps, over
+/// payloads cut once per frame and shared by every receiver of the same encode.
+struct RtpOut {
+    codec: RTCRtpCodec,
+    pt: u8,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+}
+
+impl RtpOut {
+    fn new(codec: RTCRtpCodec, pt: u8, ssrc: u32) -> Self {
+        Self {
+            codec,
+            pt,
+            ssrc,
+            seq: rand::random(),
+            ts: rand::random(),
+        }
+    }
+
+    /// The frame's packets for this receiver (the payloads are shared, not copied), and the
+    /// timestamp moved on by the frame's duration.
+    fn packets(&mut self, frame: &EncodedFrame, out: &mut Vec<::rtc::rtp::Packet>) {
+        let payloads = frame.payloads.get_or_init(|| {
+            // Cutting must come out the same whoever does it first: VP8 takes its picture ID
+            // from the frame's number, the others need no state across frames (a fresh
+            // payloader per frame).
+            if self.codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_VP8) {
+                return super::vp8::payloads(
+                    &frame.data,
+                    frame.number as u16,
+                    RTP_MTU - RTP_HEADER,
+                );
+            }
+            self.codec
+                .payloader()
+                .and_then(|mut p| p.payload(RTP_MTU - RTP_HEADER, &frame.data))
+                .unwrap_or_default()
+        });
+        let last = payloads.len().saturating_sub(1);
+        for (i, payload) in payloads.iter().enumerate() {
+            out.push(::rtc::rtp::Packet {
+                header: ::rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    payload_type: self.pt,
+                    sequence_number: self.seq,
+                    timestamp: self.ts,
+                    ssrc: self.ssrc,
+                    ..Default::default()
+                },
+                payload: payload.clone(),
+            });
+            self.seq = self.seq.wrapping_add(1);
+        }
+        self.skip(frame);
+    }
+
+    /// Moves the timestamp on without sending (a frame the receiver does not get).
+    fn skip(&mut self, frame: &EncodedFrame) {
+        self.ts = self.ts.wrapping_add(samples(frame, self.codec.clock_rate));
+    }
+}
+
 /// The composite going to the receiver.
 struct VideoOut {
     sender: RTCRtpSenderId,
+    rtp: RtpOut,
     codec: VideoCodec,
-    packetizer: Box<dyn Packetizer>,
     frames: broadcast::Receiver<EncodedFrame>,
     /// Start (and restart after a gap) on a keyframe.
     need_keyframe: bool,
@@ -71,7 +137,7 @@ struct VideoOut {
 /// The mix-minus going to the receiver.
 struct AudioOut {
     sender: RTCRtpSenderId,
-    packetizer: Box<dyn Packetizer>,
+    rtp: RtpOut,
     frames: mpsc::Receiver<EncodedFrame>,
 }
 
@@ -126,6 +192,8 @@ pub(super) struct Driver {
     stun_addrs: HashSet<SocketAddr>,
     /// Datagrams the connection wrote, waiting for one `sendmmsg`.
     out: Vec<TaggedBytesMut>,
+    /// A frame's RTP packets on their way into the connection (reused).
+    rtp_out: Vec<::rtc::rtp::Packet>,
 }
 
 fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
@@ -136,21 +204,6 @@ fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) 
         .iter()
         .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
         .map(|c| c.payload_type)
-}
-
-fn packetizer(codec: &RTCRtpCodec, pt: u8, ssrc: u32) -> Result<Box<dyn Packetizer>, RtcError> {
-    let payloader = codec
-        .payloader()
-        .map_err(|e| RtcError::Negotiation(e.to_string()))?;
-    Ok(Box::new(new_packetizer(
-        Instant::now(),
-        RTP_MTU,
-        pt,
-        ssrc,
-        payloader,
-        Box::new(new_random_sequencer()),
-        codec.clock_rate,
-    )))
 }
 
 fn samples(frame: &EncodedFrame, clock_rate: u32) -> u32 {
@@ -199,6 +252,7 @@ impl Driver {
             validated: HashSet::new(),
             stun_addrs: HashSet::new(),
             out: Vec::with_capacity(udp::SEND_BATCH),
+            rtp_out: Vec::with_capacity(16),
         }
     }
 
@@ -215,10 +269,13 @@ impl Driver {
             tracing::warn!(session = %self.id, %codec, "receiver did not accept the codec");
             return Ok(());
         };
+        params
+            .payloader()
+            .map_err(|e| RtcError::Negotiation(e.to_string()))?;
         self.video = Some(VideoOut {
             sender,
+            rtp: RtpOut::new(params, pt, ssrc),
             codec,
-            packetizer: packetizer(&params, pt, ssrc)?,
             frames,
             need_keyframe: true,
         });
@@ -237,9 +294,12 @@ impl Driver {
             tracing::warn!(session = %self.id, "receiver did not accept Opus");
             return Ok(());
         };
+        params
+            .payloader()
+            .map_err(|e| RtcError::Negotiation(e.to_string()))?;
         self.audio = Some(AudioOut {
             sender,
-            packetizer: packetizer(&params, pt, ssrc)?,
+            rtp: RtpOut::new(params, pt, ssrc),
             frames,
         });
         Ok(())
@@ -637,37 +697,18 @@ impl Driver {
                 return;
             }
         };
-        if !self.connected {
-            v.need_keyframe = true;
+        if !self.connected || (v.need_keyframe && !frame.keyframe) {
+            v.need_keyframe |= !self.connected;
+            v.rtp.skip(&frame);
             return;
         }
-        if v.need_keyframe && !frame.keyframe {
-            return;
-        }
-        let now = Instant::now();
-        let packets = match v
-            .packetizer
-            .packetize(now, &frame.data, samples(&frame, 90_000))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(session = %self.id, "video packetize: {e}");
-                return;
-            }
-        };
         v.need_keyframe = false;
         let sender = v.sender;
-        let Some(mut s) = self.pc.rtp_sender(sender) else {
-            return;
-        };
-        for p in packets {
-            if let Err(e) = s.write_rtp(now, p) {
-                tracing::trace!(session = %self.id, "video write: {e}");
-                if let Some(v) = self.video.as_mut() {
-                    v.need_keyframe = true;
-                }
-                break;
-            }
+        v.rtp.packets(&frame, &mut self.rtp_out);
+        if !self.write_rtp(sender)
+            && let Some(v) = self.video.as_mut()
+        {
+            v.need_keyframe = true;
         }
     }
 
@@ -679,27 +720,69 @@ impl Driver {
             self.audio = None;
             return;
         };
-        let n = samples(&frame, 48_000);
         if !self.connected {
-            a.packetizer.skip_samples(n);
+            a.rtp.skip(&frame);
             return;
         }
-        let now = Instant::now();
-        let packets = match a.packetizer.packetize(now, &frame.data, n) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(session = %self.id, "audio packetize: {e}");
-                return;
-            }
-        };
         let sender = a.sender;
+        a.rtp.packets(&frame, &mut self.rtp_out);
+        self.write_rtp(sender);
+    }
+
+    /// Hands the packets in `rtp_out` to the connection; false if it refused one.
+    fn write_rtp(&mut self, sender: RTCRtpSenderId) -> bool {
+        let now = Instant::now();
         let Some(mut s) = self.pc.rtp_sender(sender) else {
-            return;
+            self.rtp_out.clear();
+            return false;
         };
-        for p in packets {
-            if let Err(e) = s.write_rtp(now, p) {
-                tracing::trace!(session = %self.id, "audio write: {e}");
+        let mut ok = true;
+        for p in self.rtp_out.drain(..) {
+            if ok && let Err(e) = s.write_rtp(now, p) {
+                tracing::trace!(session = %self.id, "RTP write: {e}");
+                ok = false;
             }
         }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn receivers_share_payloads_and_keep_their_own_numbering() {
+        let frame = EncodedFrame::new(
+            Bytes::from(vec![7u8; 3000]),
+            Duration::from_millis(40),
+            true,
+        );
+        let mut a = RtpOut::new(video_codec_params(VideoCodec::Vp8), 96, 1111);
+        let mut b = RtpOut::new(video_codec_params(VideoCodec::Vp8), 100, 2222);
+        a.seq = u16::MAX; // wraps
+        let (ts_a, ts_b) = (a.ts, b.ts);
+        let (mut pa, mut pb) = (Vec::new(), Vec::new());
+        a.packets(&frame, &mut pa);
+        b.packets(&frame.clone(), &mut pb);
+        assert_eq!(pa.len(), 3, "3000 bytes in 1200-byte packets");
+        assert_eq!(pa.len(), pb.len());
+        for (i, (x, y)) in pa.iter().zip(&pb).enumerate() {
+            // The same bytes, not a copy.
+            assert_eq!(x.payload.as_ptr(), y.payload.as_ptr());
+            assert!(x.payload.len() + RTP_HEADER <= RTP_MTU);
+            assert_eq!((x.header.ssrc, y.header.ssrc), (1111, 2222));
+            assert_eq!((x.header.payload_type, y.header.payload_type), (96, 100));
+            assert_eq!(x.header.sequence_number, u16::MAX.wrapping_add(i as u16));
+            assert_eq!(x.header.marker, i == 2);
+            assert_eq!((x.header.timestamp, y.header.timestamp), (ts_a, ts_b));
+        }
+        // The next frame is 40 ms later on the 90 kHz clock; a skipped one moves time too.
+        a.skip(&frame);
+        pa.clear();
+        a.packets(&frame, &mut pa);
+        assert_eq!(pa[0].header.timestamp, ts_a.wrapping_add(2 * 3600));
+        assert_eq!(pa[0].header.sequence_number, 2);
     }
 }

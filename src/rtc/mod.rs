@@ -18,11 +18,14 @@ mod session;
 mod stun;
 mod tcp;
 mod udp;
+mod vp8;
 
 pub use candidates::{limit_candidates, rewrite_candidates};
 pub use codecs::{opus_params, sample_track, video_codec_params};
 pub use router::TransportStats;
-pub use session::{MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind};
+pub use session::{
+    MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind, nack_packets,
+};
 
 use crate::config::Config;
 use std::net::{IpAddr, SocketAddr};

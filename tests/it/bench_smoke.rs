@@ -36,6 +36,9 @@ async fn the_benchmark_harness_produces_figures() {
         idle_rooms: 2,
         audio_rooms: vec![],
         output_room: 2,
+        // The transport scenario runs its server as `mixdown-bench --transport-server`, a
+        // binary this test cannot start; `make bench` runs it.
+        transport: vec![],
         outputs: vec![(
             "WebM recording".into(),
             vec![OutputSpec {

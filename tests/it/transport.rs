@@ -269,3 +269,90 @@ async fn a_browser_that_reaches_only_tcp_connects_over_ice_tcp() {
     server.stop().await;
     drop(ns);
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_come_and_go_200_times_and_leave_nothing_behind() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = format!("http://{}", server.addr);
+    let peers = server.state.rooms.peers().clone();
+    let room = "churn";
+    // One participant keeps the room (and its pipeline) open throughout.
+    let anchor = Client::join(
+        &base,
+        room,
+        ClientOptions {
+            decode: false,
+            ..ClientOptions::participant(RED.0, TONES[0])
+        },
+    )
+    .await;
+    let viewer = || ClientOptions {
+        decode: false,
+        ..ClientOptions::viewer()
+    };
+    let cycle = async |i: usize| {
+        let v = Client::join(&base, room, viewer()).await;
+        if i.is_multiple_of(20) {
+            // Now and then all the way to media, so DTLS and SRTP come and go too.
+            wait_for("the viewer receives", LIMIT, || async {
+                v.received.rtp_frames.lock().unwrap().len() > 2
+            })
+            .await;
+        }
+        assert_eq!(v.leave().await, 200);
+    };
+    for i in 0..10 {
+        cycle(i).await;
+    }
+    let settle = async || {
+        wait_for("only the anchor is left", LIMIT, || async {
+            peers.sessions_open() == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    settle().await;
+    let (fds0, rss0) = (open_fds(), rss_mib());
+    for i in 0..200 {
+        cycle(i).await;
+    }
+    settle().await;
+    // The clients' webrtc-rs drivers close their sockets on their own time.
+    let mut fds = open_fds();
+    for _ in 0..50 {
+        if fds <= fds0 + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds = open_fds();
+    }
+    let rss = rss_mib();
+    eprintln!("200 sessions later: fds {fds0} -> {fds}, RSS {rss0:.0} -> {rss:.0} MiB");
+    assert!(fds <= fds0 + 2, "file descriptors leak: {fds0} -> {fds}");
+    // 200 sessions leaking even 250 KB each would show.
+    assert!(rss < rss0 + 50.0, "memory grows: {rss0:.0} -> {rss:.0} MiB");
+    let stats = peers.transport_stats();
+    assert_eq!(stats.sessions, 1, "{stats:?}");
+    // The room still works for the one who stayed.
+    wait_for("the anchor still receives", LIMIT, || async {
+        anchor.received.audio_packet_count() > 100
+    })
+    .await;
+    anchor.leave().await;
+    server.stop().await;
+}
