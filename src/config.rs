@@ -13,6 +13,8 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// The one UDP port every peer connection shares. Outside Linux's default ephemeral range
 /// (32768–60999), so the bind never collides with an outgoing socket.
 pub const DEFAULT_UDP_PORT: u16 = 20000;
+/// More reader sockets than this would only contend for the same cores.
+pub const MAX_UDP_SHARDS: usize = 64;
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FRAMERATE: u32 = 30;
@@ -116,6 +118,9 @@ pub struct ServerConfig {
 pub struct RtcConfig {
     /// The UDP port all media uses (every participant and viewer); 0 picks a free one.
     pub udp_port: u16,
+    /// Sockets bound to the port per address (`SO_REUSEPORT`), each read by its own task:
+    /// 0 means one per core.
+    pub udp_shards: usize,
     /// Advertised instead of the bound address in ICE candidates (1:1 NAT).
     pub public_ip: Option<IpAddr>,
     /// Seconds without ICE traffic before a vanished peer is removed.
@@ -172,10 +177,21 @@ impl Default for ServerConfig {
     }
 }
 
+impl RtcConfig {
+    /// `udp_shards`, with 0 resolved to the number of cores.
+    pub fn udp_shards(&self) -> usize {
+        match self.udp_shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Default for RtcConfig {
     fn default() -> Self {
         Self {
             udp_port: DEFAULT_UDP_PORT,
+            udp_shards: 0,
             public_ip: None,
             ice_timeout_s: DEFAULT_ICE_TIMEOUT_S,
             ice_servers: Vec::new(),
@@ -313,6 +329,14 @@ impl Config {
             format!("{} must be within 20..=200", a.jitter_ms),
         )?;
         let r = &self.rtc;
+        check(
+            r.udp_shards <= MAX_UDP_SHARDS,
+            "rtc.udp_shards",
+            format!(
+                "{} must be at most {MAX_UDP_SHARDS} (0: one per core)",
+                r.udp_shards
+            ),
+        )?;
         check(
             (2..=600).contains(&r.ice_timeout_s),
             "rtc.ice_timeout_s",

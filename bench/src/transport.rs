@@ -104,6 +104,7 @@ pub async fn serve(imp: Impl, http_port: u16, udp: (u16, u16)) -> anyhow::Result
             bind_ip: Ipv4Addr::LOCALHOST.into(),
             public_ip: None,
             udp_port: udp.0,
+            udp_shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ice_timeout: Duration::from_secs(8),
             nack_packets: mixdown::rtc::nack_packets(1500),
         })?),

@@ -474,7 +474,7 @@ impl Driver {
                 .iter()
                 .map(|w| (w.transport.peer_addr, &w.message[..]))
                 .collect();
-            udp::send_batch(sockets.for_local(local), &batch).await;
+            udp::send_batch(sockets.for_local(local, self.peer as usize), &batch).await;
             start = end;
         }
         self.out.clear();

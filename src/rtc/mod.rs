@@ -57,6 +57,8 @@ pub struct RtcSettings {
     pub bind_ip: IpAddr,
     pub public_ip: Option<IpAddr>,
     pub udp_port: u16,
+    /// Sockets per address on the port (`SO_REUSEPORT`), each with its own reader.
+    pub udp_shards: usize,
     pub ice_timeout: Duration,
     /// Packets kept per video stream for retransmission ([`session::nack_packets`]).
     pub nack_packets: u16,
@@ -68,6 +70,7 @@ impl RtcSettings {
             bind_ip: c.server.host,
             public_ip: c.rtc.public_ip,
             udp_port: c.rtc.udp_port,
+            udp_shards: c.rtc.udp_shards(),
             ice_timeout: Duration::from_secs(c.rtc.ice_timeout_s as u64),
             nack_packets: session::nack_packets(c.video.bitrate_kbps),
         }
@@ -112,11 +115,13 @@ impl PeerFactory {
         if ips.is_empty() {
             return Err(RtcError::NoAddress);
         }
-        let sockets = udp::Sockets::bind(&ips, settings.udp_port).map_err(|e| RtcError::Bind {
-            ip: settings.bind_ip,
-            port: settings.udp_port,
-            reason: e.to_string(),
-        })?;
+        let shards = settings.udp_shards;
+        let sockets =
+            udp::Sockets::bind(&ips, settings.udp_port, shards).map_err(|e| RtcError::Bind {
+                ip: settings.bind_ip,
+                port: settings.udp_port,
+                reason: e.to_string(),
+            })?;
         let router = Arc::new(router::Router::default());
         let conns = Arc::new(tcp::TcpConns::default());
         let mut readers = sockets.spawn_readers(&router);
@@ -140,7 +145,7 @@ impl PeerFactory {
                 ))
                 .abort_handle(),
             );
-            tracing::info!(addr = %a, "media port bound (UDP, and TCP for ICE-TCP)");
+            tracing::info!(addr = %a, shards, "media port bound (UDP, and TCP for ICE-TCP)");
         }
         Ok(Self {
             settings: Arc::new(settings),
@@ -157,6 +162,11 @@ impl PeerFactory {
     /// The local addresses media is served on (one port).
     pub fn media_addrs(&self) -> Vec<SocketAddr> {
         self.transport.sockets.addrs().collect()
+    }
+
+    /// UDP sockets on the media port: addresses × shards.
+    pub fn udp_sockets(&self) -> usize {
+        self.transport.sockets.count()
     }
 
     /// Sessions registered on the media sockets and what the router did with datagrams.

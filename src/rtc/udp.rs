@@ -1,7 +1,10 @@
-//! The shared media sockets: one UDP socket per local address, on the one configured port,
-//! shared by every peer connection. A reader task per socket takes datagrams in batches
-//! (`recvmmsg`) and hands each to the [`Router`]; drivers send their packets in batches
-//! (`sendmmsg`). Linux only (the project's target); nothing here decides anything.
+//! The shared media sockets: on the one configured port, one UDP socket per local address and
+//! shard, shared by every peer connection. Shards are sockets bound to the same address with
+//! `SO_REUSEPORT`: the kernel hashes each remote address to one of them, so a peer's
+//! datagrams always reach the same reader, and the readers of several shards run on several
+//! cores. A reader task per socket takes datagrams in batches (`recvmmsg`) and hands each to
+//! the [`Router`]; drivers send their packets in batches (`sendmmsg`), each session from one
+//! shard. Linux only (the project's target); nothing here decides anything.
 
 use super::router::{Datagram, Router};
 use bytes::BytesMut;
@@ -36,28 +39,52 @@ pub struct Sockets {
     list: Vec<Arc<MediaSocket>>,
 }
 
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 impl Sockets {
-    /// Binds `port` on each of `ips` (port 0: the first socket picks a free port and the others
-    /// take the same one).
-    pub fn bind(ips: &[IpAddr], port: u16) -> io::Result<Self> {
+    /// Binds `port` `shards` times on each of `ips` (port 0: the first socket picks a free
+    /// port and the others take the same one).
+    pub fn bind(ips: &[IpAddr], port: u16, shards: usize) -> io::Result<Self> {
         let mut list = Vec::new();
         let mut port = port;
         for &ip in ips {
-            let std = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-            std.set_nonblocking(true)?;
-            grow_buffers(&std);
-            let local = std.local_addr()?;
-            port = local.port();
-            list.push(Arc::new(MediaSocket {
-                local,
-                socket: UdpSocket::from_std(std)?,
-            }));
+            for _ in 0..shards.max(1) {
+                let std = bind_one(SocketAddr::new(ip, port), shards > 1)?;
+                grow_buffers(&std);
+                let local = std.local_addr()?;
+                port = local.port();
+                list.push(Arc::new(MediaSocket {
+                    local,
+                    socket: UdpSocket::from_std(std)?,
+                }));
+            }
         }
         Ok(Self { list })
     }
 
+    /// The local addresses (each once, however many shards it has).
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.list.iter().map(|s| s.local)
+        let mut seen = Vec::new();
+        self.list.iter().filter_map(move |s| {
+            (!seen.contains(&s.local)).then(|| {
+                seen.push(s.local);
+                s.local
+            })
+        })
+    }
+
+    /// Sockets in all, shards included.
+    pub fn count(&self) -> usize {
+        self.list.len()
     }
 
     /// Starts one reader per socket; they end when `router` is the last thing holding them.
@@ -68,11 +95,13 @@ impl Sockets {
             .collect()
     }
 
-    /// The socket bound to `local`, or the first one.
-    pub fn for_local(&self, local: SocketAddr) -> &MediaSocket {
+    /// A socket bound to `local` (the `shard`th of its shards, wrapping), or the first one.
+    pub fn for_local(&self, local: SocketAddr, shard: usize) -> &MediaSocket {
+        let n = self.list.iter().filter(|s| s.local == local).count();
         self.list
             .iter()
-            .find(|s| s.local == local)
+            .filter(|s| s.local == local)
+            .nth(shard % n.max(1))
             .unwrap_or(&self.list[0])
     }
 }
@@ -384,8 +413,10 @@ mod tests {
 
     #[tokio::test]
     async fn batches_reach_the_router_and_invalid_destinations_are_skipped() {
-        let sockets = Sockets::bind(&["127.0.0.1".parse().unwrap()], 0).unwrap();
+        let sockets = Sockets::bind(&["127.0.0.1".parse().unwrap()], 0, 2).unwrap();
+        assert_eq!(sockets.count(), 2);
         let local = sockets.addrs().next().unwrap();
+        assert_eq!(sockets.addrs().count(), 1, "two shards of one address");
         let router = Arc::new(Router::default());
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         router.register(1, "ufrag", tx);
@@ -399,7 +430,7 @@ mod tests {
         let back: Vec<(SocketAddr, &[u8])> = (0..100)
             .map(|i| (if i == 3 { port0 } else { from }, &out[..]))
             .collect();
-        send_batch(sockets.for_local(local), &back).await;
+        send_batch(sockets.for_local(local, 1), &back).await;
         let mut buf = [0u8; 64];
         peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();

@@ -134,7 +134,10 @@ pub(crate) fn assert_decoded_the_mix(report: &serde_json::Value) -> serde_json::
         .map(|s| s["framesDecoded"].as_u64().unwrap_or(0))
         .collect();
     let rising = frames.windows(2).rev().take(6).all(|w| w[1] > w[0]);
-    assert!(rising, "frames decoded stopped rising: {frames:?}");
+    assert!(
+        rising,
+        "frames decoded stopped rising: {frames:?}; last sample: {last}"
+    );
     assert_eq!(last["width"], 640, "{last}");
     assert_eq!(last["height"], 360, "{last}");
     assert!(
