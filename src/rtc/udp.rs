@@ -73,12 +73,12 @@ impl Sockets {
 
     /// The local addresses (each once, however many shards it has).
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let mut seen = Vec::new();
+        // Shards of an address are bound one after another, so a change of address is new.
+        let mut last = None;
         self.list.iter().filter_map(move |s| {
-            (!seen.contains(&s.local)).then(|| {
-                seen.push(s.local);
-                s.local
-            })
+            let new = last != Some(s.local);
+            last = Some(s.local);
+            new.then_some(s.local)
         })
     }
 
