@@ -454,7 +454,8 @@ pub async fn delete_session(base: &str, location: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn sample(data: Bytes, duration: Duration) -> Sample {
+/// A frame to write to a sample track, stamped now.
+pub fn sample(data: Bytes, duration: Duration) -> Sample {
     Sample {
         data,
         timestamp: Instant::now(),

@@ -11,6 +11,7 @@
 //! mixes nothing: its CPU, memory and syscalls are the transport's. The load peers are
 //! webrtc-rs connections in the bench process.
 
+use crate::client::sample;
 use crate::measure::{CpuWindow, rss_mib};
 use anyhow::{Context, anyhow};
 use axum::routing::{get, post};
@@ -22,7 +23,6 @@ use mixdown::rtc::{
     video_codec_params,
 };
 use rtc::interceptor::Registry;
-use rtc::media::Sample;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -258,15 +258,53 @@ impl PeerConnectionEventHandler for Gathered {
     }
 }
 
-fn sample(data: Bytes, duration: Duration) -> Sample {
-    Sample {
-        data,
-        timestamp: Instant::now(),
-        duration,
-        packet_timestamp: 0,
-        prev_dropped_packets: 0,
-        prev_padding_packets: 0,
-    }
+/// A webrtc-crate connection with Mixdown's codecs and webrtc-rs' default interceptors on
+/// `bind`; `gathered` fires when its candidates are complete, `received` counts RTP.
+async fn connection(
+    bind: SocketAddr,
+    gathered: oneshot::Sender<()>,
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<Box<dyn PeerConnection>> {
+    let mut engine = engine();
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                .with_include_loopback_candidate(true)
+                .build(),
+        )
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Gathered(Mutex::new(Some(gathered)), received))
+            as Arc<dyn PeerConnectionEventHandler>)
+        .with_udp_addrs(vec![bind])
+        .build()
+        .await?;
+    Ok(Box::new(pc))
+}
+
+/// A video and an audio sample track named `{stream}-video`/`-audio`, added to `pc`.
+async fn tracks(
+    pc: &dyn PeerConnection,
+    stream: &str,
+) -> anyhow::Result<(Arc<TrackLocalStaticSample>, Arc<TrackLocalStaticSample>)> {
+    let v = Arc::new(sample_track(
+        RtpCodecKind::Video,
+        video_codec_params(VideoCodec::Vp8),
+        stream,
+        "video",
+    )?);
+    let a = Arc::new(sample_track(
+        RtpCodecKind::Audio,
+        opus_params(),
+        stream,
+        "audio",
+    )?);
+    pc.add_track(v.clone() as Arc<dyn TrackLocal>).await?;
+    pc.add_track(a.clone() as Arc<dyn TrackLocal>).await?;
+    Ok((v, a))
 }
 
 /// The old transport's answer: a webrtc-crate connection on its own port, writers fed by the
@@ -278,41 +316,12 @@ async fn old_answer(
     mut audio: mpsc::Receiver<EncodedFrame>,
     received: Arc<AtomicU64>,
 ) -> anyhow::Result<(Box<dyn PeerConnection>, String)> {
-    let mut engine = engine();
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
     let (tx, rx) = oneshot::channel();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(engine)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                .with_include_loopback_candidate(true)
-                .build(),
-        )
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Gathered(Mutex::new(Some(tx)), received))
-            as Arc<dyn PeerConnectionEventHandler>)
-        .with_udp_addrs(vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)])
-        .build()
-        .await?;
-    let pc: Box<dyn PeerConnection> = Box::new(pc);
+    let bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let pc = connection(bind, tx, received).await?;
     pc.set_remote_description(RTCSessionDescription::offer(offer)?)
         .await?;
-    let v = Arc::new(sample_track(
-        RtpCodecKind::Video,
-        video_codec_params(VideoCodec::Vp8),
-        "old",
-        "video",
-    )?);
-    let a = Arc::new(sample_track(
-        RtpCodecKind::Audio,
-        opus_params(),
-        "old",
-        "audio",
-    )?);
-    pc.add_track(v.clone() as Arc<dyn TrackLocal>).await?;
-    pc.add_track(a.clone() as Arc<dyn TrackLocal>).await?;
+    let (v, a) = tracks(pc.as_ref(), "old").await?;
     let answer = pc.create_answer(None).await?;
     pc.set_local_description(answer).await?;
     tokio::time::timeout(Duration::from_secs(3), rx)
@@ -347,39 +356,14 @@ struct LoadPeer {
 }
 
 async fn load_peer(url: &str, received: Arc<AtomicU64>) -> anyhow::Result<LoadPeer> {
-    let mut engine = engine();
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
     let (tx, rx) = oneshot::channel();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(engine)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                .with_include_loopback_candidate(true)
-                .build(),
-        )
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Gathered(Mutex::new(Some(tx)), received))
-            as Arc<dyn PeerConnectionEventHandler>)
-        .with_udp_addrs(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)])
-        .build()
-        .await?;
-    let pc: Box<dyn PeerConnection> = Box::new(pc);
-    let video = Arc::new(sample_track(
-        RtpCodecKind::Video,
-        video_codec_params(VideoCodec::Vp8),
-        "load",
-        "video",
-    )?);
-    let audio = Arc::new(sample_track(
-        RtpCodecKind::Audio,
-        opus_params(),
-        "load",
-        "audio",
-    )?);
-    pc.add_track(video.clone() as Arc<dyn TrackLocal>).await?;
-    pc.add_track(audio.clone() as Arc<dyn TrackLocal>).await?;
+    let pc = connection(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        tx,
+        received,
+    )
+    .await?;
+    let (video, audio) = tracks(pc.as_ref(), "load").await?;
     let offer = pc.create_offer(None).await?;
     pc.set_local_description(offer).await?;
     tokio::time::timeout(Duration::from_secs(3), rx)

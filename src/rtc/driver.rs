@@ -18,7 +18,7 @@ use ::rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
 use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use ::rtc::peer_connection::message::RTCMessage;
 use ::rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
-use ::rtc::peer_connection::transport::RTCIceCandidateInit;
+use ::rtc::peer_connection::transport::{RTCDtlsTransport, RTCIceCandidateInit};
 use ::rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use ::rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use ::rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
@@ -488,38 +488,25 @@ impl Driver {
         self.io.transport.router.validate(self.peer, addr);
     }
 
+    /// The remote address of ICE's selected pair. Under BUNDLE every sender and receiver
+    /// shares the one transport, so the first that has one tells.
     fn selected_remote(&mut self) -> Option<SocketAddr> {
-        let senders: Vec<_> = self.pc.get_senders().collect();
-        let receivers: Vec<_> = self.pc.get_receivers().collect();
-        for s in senders {
-            if let Some(a) = self.pc.rtp_sender(s).and_then(|s| {
-                let pair = s
-                    .transport()?
-                    .ice_transport()
-                    .get_selected_candidate_pair()?;
-                Some(SocketAddr::new(
-                    pair.remote().address.parse().ok()?,
-                    pair.remote().port,
-                ))
-            }) {
-                return Some(a);
-            }
+        fn remote(t: RTCDtlsTransport<'_>) -> Option<SocketAddr> {
+            let pair = t.ice_transport().get_selected_candidate_pair()?;
+            Some(SocketAddr::new(
+                pair.remote().address.parse().ok()?,
+                pair.remote().port,
+            ))
         }
-        for r in receivers {
-            if let Some(a) = self.pc.rtp_receiver(r).and_then(|r| {
-                let pair = r
-                    .transport()?
-                    .ice_transport()
-                    .get_selected_candidate_pair()?;
-                Some(SocketAddr::new(
-                    pair.remote().address.parse().ok()?,
-                    pair.remote().port,
-                ))
-            }) {
-                return Some(a);
-            }
+        let sender = self.pc.get_senders().next();
+        if let Some(a) = sender.and_then(|id| self.pc.rtp_sender(id)?.transport().and_then(remote))
+        {
+            return Some(a);
         }
-        None
+        let id = self.pc.get_receivers().next()?;
+        self.pc
+            .rtp_receiver(id)
+            .and_then(|r| remote(r.transport()?))
     }
 
     fn event(&mut self, ev: RTCPeerConnectionEvent) {
