@@ -15,7 +15,7 @@ case "${1:-}" in
   # A browser peer; an RTMP server for the RTMP test; network namespaces and a UDP block for
   # the ICE-TCP test.
   --test) PKGS+=(chromium nginx libnginx-mod-rtmp iproute2 iptables) ;;
-  --bench) PKGS+=(gnuplot-nox janus) ;;   # plots; Janus AudioBridge as the audio reference
+  --bench) PKGS+=(gnuplot-nox janus strace) ;;   # plots; Janus AudioBridge as the audio reference; syscall counts
 esac
 
 missing=()

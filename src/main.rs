@@ -46,7 +46,12 @@ async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn".into()),
+                // Two webrtc-rs internals warn on every join about nothing an operator can
+                // act on (DTLS's unset server name, an ICE check round before the client's
+                // trickled candidates): only their errors are shown. RUST_LOG overrides.
+                .unwrap_or_else(|_| {
+                    "info,webrtc=warn,rtc=warn,rtc_dtls::config=error,rtc_ice::agent=error".into()
+                }),
         )
         .init();
     let mut config = match &cli.config {
