@@ -45,8 +45,9 @@ pub fn rewrite_candidates(sdp: &str, public: IpAddr) -> String {
     out
 }
 
-/// Keeps the first `max` `a=candidate` lines of `sdp` and drops the rest.
-pub fn limit_candidates(sdp: &str, max: usize) -> String {
+/// Keeps the first `max` `a=candidate` lines of `sdp` and drops the rest; also says how many
+/// it kept.
+pub fn limit_candidates(sdp: &str, max: usize) -> (String, usize) {
     let mut kept = 0;
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
@@ -58,7 +59,7 @@ pub fn limit_candidates(sdp: &str, max: usize) -> String {
         }
         out.push_str(line);
     }
-    out
+    (out, kept)
 }
 
 #[cfg(test)]
@@ -75,11 +76,12 @@ mod tests {
             ));
         }
         sdp.push_str("a=mid:0\r\n");
-        let out = limit_candidates(&sdp, 16);
+        let (out, kept) = limit_candidates(&sdp, 16);
+        assert_eq!(kept, 16);
         assert_eq!(out.matches("a=candidate:").count(), 16);
         assert!(out.starts_with("v=0\r\nm=audio") && out.ends_with("a=mid:0\r\n"));
         assert!(out.contains("a=candidate:15 ") && !out.contains("a=candidate:16 "));
-        assert_eq!(limit_candidates("v=0\r\n", 16), "v=0\r\n");
+        assert_eq!(limit_candidates("v=0\r\n", 16), ("v=0\r\n".to_owned(), 0));
     }
 
     #[test]

@@ -225,7 +225,15 @@ async fn next_audio(a: &mut Option<AudioOut>) -> Option<EncodedFrame> {
 }
 
 impl Driver {
-    pub(super) fn new(id: SessionId, peer: Peer, pc: RTCPeerConnection, io: Io) -> Self {
+    /// `offered`: remote candidates the offer brought (they count against the trickle's
+    /// budget of [`MAX_REMOTE_CANDIDATES`]).
+    pub(super) fn new(
+        id: SessionId,
+        peer: Peer,
+        pc: RTCPeerConnection,
+        offered: usize,
+        io: Io,
+    ) -> Self {
         let (sink_tx, sink_rx) = mpsc::channel(SINK_QUEUE);
         let (pli_tx, pli_rx) = mpsc::channel(PLI_QUEUE);
         let routes = RouteGuard {
@@ -246,7 +254,7 @@ impl Driver {
             pli_tx,
             pli_rx,
             gate: KeyframeGate::new(PLI_INTERVAL),
-            remote_candidates: 0,
+            remote_candidates: offered,
             connected: false,
             gone: false,
             validated: HashSet::new(),

@@ -234,7 +234,7 @@ impl PeerFactory {
         let now = Instant::now();
         let peer = NEXT_PEER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
-        let offer = limit_candidates(&offer, MAX_REMOTE_CANDIDATES);
+        let (offer, offered) = limit_candidates(&offer, MAX_REMOTE_CANDIDATES);
 
         let mut engine = media_engine()?;
         let registry = interceptors(&mut engine, s.nack_packets)?;
@@ -307,6 +307,7 @@ impl PeerFactory {
             id,
             peer,
             pc,
+            offered,
             driver::Io {
                 inbound,
                 commands: command_rx,

@@ -419,3 +419,117 @@ async fn sessions_come_and_go_200_times_and_leave_nothing_behind() {
     anchor.leave().await;
     server.stop().await;
 }
+
+/// A remote candidate line for `port` on loopback.
+fn loopback_candidate(i: usize, port: u16) -> String {
+    format!(
+        "candidate:{} 1 udp 2130706431 127.0.0.1 {port} typ host",
+        100 + i
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_and_its_trickle_make_the_server_check_at_most_16_candidates() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = format!("http://{}", server.addr);
+    let room = "candidates";
+    // Forty sockets stand in for remote candidates; each counts the checks it is sent.
+    let mut socks = Vec::new();
+    for _ in 0..40 {
+        socks.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let ports: Vec<u16> = socks
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    let checked: Vec<Arc<AtomicU64>> = (0..40).map(|_| Arc::default()).collect();
+    let listeners: Vec<_> = socks
+        .into_iter()
+        .zip(checked.clone())
+        .map(|(s, n)| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1500];
+                while let Ok((len, _)) = s.recv_from(&mut buf).await {
+                    if len >= 20 && buf[0] < 4 {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // An offer naming the first ten as its candidates (the client's own are removed, and it
+    // never answers checks: only the server's sending is watched).
+    let url = format!("{base}/whip/{room}");
+    let offer_candidates: String = ports[..10]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("a={}\r\n", loopback_candidate(i, *p)))
+        .collect();
+    let location = Arc::new(std::sync::Mutex::new(None));
+    let seen = Arc::clone(&location);
+    let _ = Client::connect(
+        &base,
+        ClientOptions::participant(RED.0, TONES[0]),
+        async move |offer: String| {
+            let mut out = String::new();
+            for line in offer.split_inclusive('\n') {
+                if line.starts_with("a=candidate:") {
+                    continue;
+                }
+                out.push_str(line);
+                if line.starts_with("a=mid:0") {
+                    out.push_str(&offer_candidates);
+                }
+            }
+            let (loc, _answer) = whip_exchange(&url, out).await?;
+            *seen.lock().unwrap() = Some(loc);
+            Err("the test stops the client here".to_owned())
+        },
+    )
+    .await;
+    let location = location
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the server answered");
+    let session = mixdown::ids::SessionId::parse(location.rsplit('/').next().unwrap()).unwrap();
+    let room_id = mixdown::ids::RoomId::parse(room).unwrap();
+    // Thirty more trickled: six fit the budget of sixteen, the rest are refused.
+    let mut refused = 0;
+    for (i, p) in ports[10..].iter().enumerate() {
+        let c = mixdown::signal::CandidateInit {
+            candidate: loopback_candidate(10 + i, *p),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        if let Err(e) = server.state.rooms.add_candidate(&room_id, session, c).await {
+            assert!(e.to_string().contains("at most 16"), "{e}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 24, "the offer's ten and six trickled are taken");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reached: Vec<usize> = (0..40)
+        .filter(|&i| checked[i].load(Ordering::Relaxed) > 0)
+        .collect();
+    eprintln!("candidates checked by the server: {reached:?}");
+    assert!(
+        reached.len() <= 16,
+        "checks went to {} addresses: {reached:?}",
+        reached.len()
+    );
+    assert!(
+        reached.iter().all(|&i| i < 16),
+        "a refused candidate was checked: {reached:?}"
+    );
+    assert!(
+        reached.len() >= 8,
+        "the server checks what it took: {reached:?}"
+    );
+    for l in listeners {
+        l.abort();
+    }
+    server.stop().await;
+}
