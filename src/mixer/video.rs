@@ -58,6 +58,8 @@ pub fn live_pacers() -> usize {
 
 /// Compositor stacking: tiles, and name cards over them.
 const ZORDER_TILE: u32 = 1;
+/// The size name cards are drawn at before scaling to their tile.
+const CARD_SIZE: (u32, u32) = (640, 360);
 const ZORDER_CARD: u32 = 2;
 
 #[derive(Debug, Clone)]
@@ -336,6 +338,12 @@ impl VideoMixer {
         let text = by_name(&bin, "text")?;
         text.set_property("text", name);
         text.set_property("font-desc", "Sans Bold 20");
+        // The card is drawn at one fixed size and scaled to its tile: a source whose caps the
+        // layout changed while it negotiated failed ("not-negotiated") and stopped for good,
+        // which 20 people joining at once did to a card. A scaler renegotiates in step with
+        // its data instead.
+        let (w, h) = CARD_SIZE;
+        apply_tile_caps(&by_name(&bin, "card")?, w, h, Some(self.settings.framerate));
         Ok(bin)
     }
 
@@ -343,9 +351,7 @@ impl VideoMixer {
     /// card.
     pub fn add_placeholder(&mut self, id: SessionId, name: &str) -> Result<(), MixerError> {
         let bin = self.name_card(name)?;
-        // Fixed caps before the source starts: negotiating its first caps while the layout
-        // changes them could fail ("not-negotiated") and stop the tile for good. Later layout
-        // changes are plain renegotiations of a running source.
+        // Fixed caps until the layout gives the tile its size.
         let filter = by_name(&bin, "tile")?;
         let (w, h) = (self.settings.width, self.settings.height);
         apply_tile_caps(&filter, w, h, Some(self.settings.framerate));
