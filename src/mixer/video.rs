@@ -98,7 +98,8 @@ pub struct VideoMixer {
     /// Name cards over the tiles of participants whose camera is stopped.
     cards: HashMap<SessionId, Slot>,
     encoders: HashMap<VideoCodec, Encoder>,
-    bus_task: tokio::task::JoinHandle<()>,
+    /// `None` once [`shutdown`](Self::shutdown) ran.
+    bus_task: Option<tokio::task::JoinHandle<()>>,
     /// The pipeline stays in `Null` (costing nothing) until the first receiver of video:
     /// an audio-only room never composes.
     running: Arc<AtomicBool>,
@@ -242,7 +243,7 @@ impl VideoMixer {
             slots: HashMap::new(),
             cards: HashMap::new(),
             encoders: HashMap::new(),
-            bus_task,
+            bus_task: Some(bus_task),
             running: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -564,11 +565,27 @@ impl VideoMixer {
     }
 
     /// Stops the pipeline (state `Null`) and waits for its bus watch to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.stop() {
+            let _ = task.await;
+        }
+    }
+
+    /// `Null`, counted once; the bus watch is aborted and handed back to be awaited.
+    fn stop(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let task = self.bus_task.take()?;
         let _ = self.pipeline.set_state(gst::State::Null);
         LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
-        self.bus_task.abort();
-        let _ = self.bus_task.await;
+        task.abort();
+        Some(task)
+    }
+}
+
+impl Drop for VideoMixer {
+    /// A room whose task was aborted (a panic, a runtime shutting down) still stops its
+    /// pipeline: elements disposed while PLAYING make GStreamer's threads crash later.
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 

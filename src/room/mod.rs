@@ -262,7 +262,10 @@ impl RoomRegistry {
                 })
                 .await;
             match result {
-                Err(RoomError::Closed(_)) => {
+                // The room was closing: it dropped the request, or it answered from its
+                // drain (its last participant left as this join arrived). Either way the join
+                // belongs in a fresh room, not in an error.
+                Err(RoomError::Closed(_)) | Ok(Err(RoomError::Closed(_))) => {
                     self.inner.forget(room, handle.generation);
                     continue;
                 }

@@ -414,3 +414,44 @@ async fn publishers_before_any_viewer_are_seen_once_one_joins() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_as_the_last_one_leaves_opens_the_room_again() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "revolving";
+    // Each join's POST goes out together with the DELETE of the room's only participant:
+    // when the DELETE lands first, the join reaches a room that is closing. It must land in
+    // a fresh room, never be refused.
+    let viewer = || ClientOptions {
+        decode: false,
+        ..ClientOptions::viewer()
+    };
+    let url = server.url(&format!("/whep/{room}"));
+    let mut refused = Vec::new();
+    let mut last = Client::join(&base, room, viewer()).await;
+    for i in 0..60 {
+        let (prev, base_c, url_c) = (last.location.clone(), base.clone(), url.clone());
+        let joined = Client::connect(&base, viewer(), async move |offer: String| {
+            let (left, joined) = tokio::join!(
+                crate::common::client::delete_session(&base_c, &prev),
+                crate::common::client::whip_exchange(&url_c, offer)
+            );
+            assert_eq!(left, 200, "the previous viewer leaves");
+            joined
+        })
+        .await;
+        last.close().await;
+        last = match joined {
+            Ok(c) => c,
+            Err(e) => {
+                refused.push(format!("{i}: {e}"));
+                Client::join(&base, room, viewer()).await
+            }
+        };
+    }
+    assert!(refused.is_empty(), "joins refused: {refused:?}");
+    last.leave().await;
+    server.stop().await;
+}
