@@ -504,8 +504,6 @@ impl VideoMixer {
         let frame_duration = Duration::from_secs(1) / self.settings.framerate;
         let margin = Duration::from_millis(self.settings.pacing_margin_ms.into());
         let paced = spawn_pacer(codec, margin, tx.clone())?;
-        // Frames are numbered in encoder order (the transport's VP8 picture IDs).
-        let numbers = std::sync::atomic::AtomicU64::new(0);
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -514,8 +512,6 @@ impl VideoMixer {
                         .buffer()
                         .and_then(|b| encoded_frame(b, frame_duration))
                     {
-                        let n = numbers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        let frame = frame.numbered(n);
                         let lateness = lateness(sink, &sample).unwrap_or_default();
                         // Full only if the pacer stopped: the frame is then not needed.
                         let _ = paced.try_send((frame, lateness, Instant::now()));
@@ -618,14 +614,18 @@ fn spawn_pacer(
     let spawned = std::thread::Builder::new()
         .name(format!("pace-{codec}"))
         .spawn(move || {
+            // Frames are numbered as they go out (the transport's VP8 picture IDs), so a
+            // frame dropped before this point leaves no gap a receiver would wait on.
+            let mut number = 0u64;
             while let Ok((frame, lateness, arrived)) = rx.recv() {
                 let release = arrived + pacer.hold(lateness);
                 let wait = release.saturating_duration_since(Instant::now());
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
                 }
+                number += 1;
                 // No receivers is not an error: the frame is simply not needed.
-                let _ = out.send(frame);
+                let _ = out.send(frame.numbered(number));
             }
             LIVE_PACERS.fetch_sub(1, Ordering::SeqCst);
         });

@@ -703,7 +703,13 @@ impl Driver {
         if !self.write_rtp(sender)
             && let Some(v) = self.video.as_mut()
         {
+            // The receiver misses part of this frame: resume at a keyframe, and ask for one
+            // rather than wait for the periodic one.
             v.need_keyframe = true;
+            let _ = self
+                .io
+                .events
+                .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
         }
     }
 
