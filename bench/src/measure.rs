@@ -25,6 +25,21 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// UDP sockets of this network namespace (`/proc/net/udp` and `udp6`, what `ss -uan` lists)
+/// whose line's fields satisfy `keep` (field 1 is the local address, field 9 the inode).
+pub fn count_udp_sockets(keep: impl Fn(&[&str]) -> bool) -> usize {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| keep(&l.split_whitespace().collect::<Vec<_>>()))
+                .count()
+        })
+        .sum()
+}
+
 /// CPU used by `pid` over a window: cores (CPU seconds per wall second).
 pub struct CpuWindow {
     pid: u32,

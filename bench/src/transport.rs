@@ -430,20 +430,7 @@ fn udp_sockets_of(pid: u32) -> usize {
                 .map(str::to_owned)
         })
         .collect();
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .filter(|l| {
-                    l.split_whitespace()
-                        .nth(9)
-                        .is_some_and(|i| inodes.contains(i))
-                })
-                .count()
-        })
-        .sum()
+    crate::measure::count_udp_sockets(|f| f.get(9).is_some_and(|i| inodes.contains(*i)))
 }
 
 /// Syscalls the process made in `window`, counted by `strace -c -f` attached meanwhile (its

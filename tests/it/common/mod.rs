@@ -56,20 +56,7 @@ pub fn test_config() -> Config {
 /// `/proc/net/udp` and `/proc/net/udp6`: what `ss -uan` would list.
 pub fn udp_sockets_on_port(port: u16) -> usize {
     let hex = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .filter(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .is_some_and(|local| local.ends_with(&hex))
-                })
-                .count()
-        })
-        .sum()
+    mixdown_bench::measure::count_udp_sockets(|f| f.get(1).is_some_and(|l| l.ends_with(&hex)))
 }
 
 pub struct TestServer {
