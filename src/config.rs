@@ -152,6 +152,51 @@ pub struct VideoConfig {
     pub pacing_margin_ms: u32,
     /// Codecs the composite may be sent in, in order of preference.
     pub send_codecs: Vec<VideoCodec>,
+    /// Lower-quality encodes of the same composite, best first, for receivers whose link
+    /// cannot carry the canvas (the canvas itself is the top tier). At most two.
+    pub tiers: Vec<TierConfig>,
+}
+
+/// One rung of the encoder ladder below the canvas.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub bitrate_kbps: u32,
+}
+
+/// The default ladder below the 1280x720 canvas: 360p30 and 180p15.
+pub const DEFAULT_TIERS: [TierConfig; 2] = [
+    TierConfig {
+        width: 640,
+        height: 360,
+        framerate: 30,
+        bitrate_kbps: 450,
+    },
+    TierConfig {
+        width: 320,
+        height: 180,
+        framerate: 15,
+        bitrate_kbps: 120,
+    },
+];
+/// Tiers below the canvas, at most: three encodes per codec in all.
+pub const MAX_LOWER_TIERS: usize = 2;
+
+impl VideoConfig {
+    /// The whole ladder, best first: the canvas, then the configured lower tiers.
+    pub fn ladder(&self) -> Vec<TierConfig> {
+        let mut l = vec![TierConfig {
+            width: self.width,
+            height: self.height,
+            framerate: self.framerate,
+            bitrate_kbps: self.bitrate_kbps,
+        }];
+        l.extend_from_slice(&self.tiers);
+        l
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -212,6 +257,7 @@ impl Default for VideoConfig {
             // VP8 first: cheaper to encode here (9.5 vs 6.3 ms x264 per 720p frame, but x264
             // rarely serves alone) and every browser decodes it.
             send_codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
+            tiers: DEFAULT_TIERS.to_vec(),
         }
     }
 }
@@ -317,6 +363,44 @@ impl Config {
             "video.pacing_margin_ms",
             format!("{} must be at most 100", v.pacing_margin_ms),
         )?;
+        check(
+            v.tiers.len() <= MAX_LOWER_TIERS,
+            "video.tiers",
+            format!("at most {MAX_LOWER_TIERS} tiers below the canvas"),
+        )?;
+        let ladder = v.ladder();
+        for pair in ladder.windows(2) {
+            let (upper, t) = (pair[0], pair[1]);
+            check(
+                t.width >= 32
+                    && t.height >= 32
+                    && t.width.is_multiple_of(2)
+                    && t.height.is_multiple_of(2)
+                    && t.width <= upper.width
+                    && t.height <= upper.height,
+                "video.tiers",
+                format!(
+                    "{}x{} must be even, at least 32x32 and no larger than the tier above ({}x{})",
+                    t.width, t.height, upper.width, upper.height
+                ),
+            )?;
+            check(
+                (1..=v.framerate).contains(&t.framerate) && t.framerate <= upper.framerate,
+                "video.tiers",
+                format!(
+                    "framerate {} must be within 1..={} and no higher than the tier above",
+                    t.framerate, v.framerate
+                ),
+            )?;
+            check(
+                (30..upper.bitrate_kbps).contains(&t.bitrate_kbps),
+                "video.tiers",
+                format!(
+                    "bitrate_kbps {} must be at least 30 and below the tier above ({})",
+                    t.bitrate_kbps, upper.bitrate_kbps
+                ),
+            )?;
+        }
         let a = &self.audio;
         check(
             (6..=510).contains(&a.bitrate_kbps),
@@ -445,6 +529,14 @@ mod tests {
         assert!(e.to_string().contains("avi"), "{e}");
         let e = Config::from_toml("[hls]\nsegment_s = 0\n", "x").unwrap_err();
         assert!(e.to_string().contains("hls.segment_s"), "{e}");
+        let e = Config::from_toml(
+            "[video]\n[[video.tiers]]\nwidth = 640\nheight = 360\nframerate = 30\nbitrate_kbps = 2000\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("video.tiers"), "{e}");
+        let c = Config::from_toml("[video]\ntiers = []\n", "x").unwrap();
+        assert_eq!(c.video.ladder().len(), 1);
         let e = Config::from_toml("[video]\npacing_margin_ms = 500\n", "x").unwrap_err();
         assert!(e.to_string().contains("video.pacing_margin_ms"), "{e}");
     }

@@ -42,6 +42,9 @@ pub struct EncodedFrame {
     /// The frame's number in its stream (1, 2, …; 0 when unnumbered): VP8 picture IDs come
     /// from it.
     pub number: u64,
+    /// Presentation time on the composite's clock, the same for every tier's copy of a
+    /// picture: a receiver moved between tiers keeps continuous RTP timestamps from it.
+    pub pts: Option<Duration>,
     pub payloads: PayloadCache,
 }
 
@@ -52,6 +55,7 @@ impl EncodedFrame {
             duration,
             keyframe,
             number: 0,
+            pts: None,
             payloads: PayloadCache::default(),
         }
     }
@@ -72,6 +76,28 @@ impl PayloadCache {
         self.0.get_or_init(cut)
     }
 }
+
+/// What one receiver's transport knows about its link, reported to the room every
+/// [`LINK_REPORT_INTERVAL`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LinkReport {
+    /// What the link carries (bit/s), from congestion feedback; the configured ceiling for a
+    /// receiver that sends none.
+    pub estimate_bps: f64,
+    /// What arrived over the last second (bit/s), when the receiver sends feedback.
+    pub delivered_bps: Option<f64>,
+    /// Fraction of packets lost, from the receiver's reports (0..=1).
+    pub loss: f64,
+    /// Round-trip time from the receiver's reports.
+    pub rtt_ms: Option<f64>,
+    /// Queueing delay on the path now, milliseconds.
+    pub queue_ms: f64,
+    /// A probe ended: whether the link carried the probed rate.
+    #[serde(skip)]
+    pub probe: Option<bool>,
+}
+
+pub const LINK_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Where the transport pushes a publisher's RTP packets (whole packets, header included).
 /// Implementations never block: when their queue is full they drop the packet.

@@ -39,6 +39,8 @@ enum Control {
         tx: mpsc::Sender<EncodedFrame>,
     },
     RemoveListener(SessionId),
+    /// The loss a listener's receiver reports (percent).
+    ListenerLoss { id: SessionId, percent: u8 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,14 @@ impl AudioMixerHandle {
         let _ = self.send(Control::RemoveListener(id)).await;
     }
 
+    /// The loss (percent) a listener's receiver reports, for the FEC in what it hears. Never
+    /// waits: a report dropped when the queue is full is repeated by the next one.
+    pub fn set_listener_loss(&self, id: SessionId, percent: u8) {
+        let _ = self
+            .control
+            .try_send(Control::ListenerLoss { id, percent });
+    }
+
     async fn send(&self, c: Control) -> Result<(), AudioError> {
         self.control.send(c).await.map_err(|_| AudioError::Stopped)
     }
@@ -146,6 +156,8 @@ struct Listener {
     /// Whether the last frame came from `encoder` (false: the shared full mix). Switching
     /// back to the own encoder resets it, so it never continues from stale state.
     own_last: bool,
+    /// Packet loss its receiver reports, percent: its encoder adds that much in-band FEC.
+    loss: u8,
 }
 
 struct Mixer {
@@ -155,18 +167,28 @@ struct Mixer {
     sources: HashMap<SessionId, Source>,
     listeners: HashMap<SessionId, Listener>,
     full_encoder: Option<opus::Encoder>,
+    /// The worst loss among the listeners of the shared full mix (its FEC is sized for it).
+    full_loss: u8,
     full: Vec<f32>,
     out: Vec<f32>,
     decoded: Vec<f32>,
     encoded: Vec<u8>,
 }
 
-fn new_encoder(bitrate_kbps: u32) -> Result<opus::Encoder, opus::Error> {
+/// Every mix carries Opus in-band FEC, sized by the loss its receivers report: at 0 % it
+/// costs nothing (the encoder adds none), at 20 % a lost packet is rebuilt from the next one
+/// unless both are lost.
+fn new_encoder(bitrate_kbps: u32, loss: u8) -> Result<opus::Encoder, opus::Error> {
     let mut e = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
     e.set_bitrate(opus::Bitrate::Bits(bitrate_kbps as i32 * 1000))?;
     e.set_complexity(5)?;
+    e.set_inband_fec(true)?;
+    e.set_packet_loss_perc(loss.into())?;
     Ok(e)
 }
+
+/// FEC is sized for at most this much loss (Opus takes 0..=100; past this it only costs).
+const MAX_FEC_LOSS: u8 = 30;
 
 impl Mixer {
     fn handle_control(&mut self, c: Control) {
@@ -186,7 +208,7 @@ impl Mixer {
                         },
                     );
                     if let Some(l) = self.listeners.get_mut(&id) {
-                        l.encoder = new_encoder(self.bitrate_kbps).ok();
+                        l.encoder = new_encoder(self.bitrate_kbps, l.loss).ok();
                     }
                 }
                 Err(e) => tracing::error!(session = %id, "opus decoder: {e}"),
@@ -196,7 +218,7 @@ impl Mixer {
             }
             Control::AddListener { id, tx } => {
                 let encoder = if self.sources.contains_key(&id) {
-                    new_encoder(self.bitrate_kbps)
+                    new_encoder(self.bitrate_kbps, 0)
                         .map_err(|e| tracing::error!(session = %id, "opus encoder: {e}"))
                         .ok()
                 } else {
@@ -208,11 +230,35 @@ impl Mixer {
                         tx,
                         encoder,
                         own_last: false,
+                        loss: 0,
                     },
                 );
             }
             Control::RemoveListener(id) => {
                 self.listeners.remove(&id);
+                self.update_full_loss();
+            }
+            Control::ListenerLoss { id, percent } => {
+                let percent = percent.min(MAX_FEC_LOSS);
+                if let Some(l) = self.listeners.get_mut(&id) {
+                    l.loss = percent;
+                    if let Some(e) = l.encoder.as_mut() {
+                        let _ = e.set_packet_loss_perc(percent.into());
+                    }
+                }
+                self.update_full_loss();
+            }
+        }
+    }
+
+    /// The shared mix's FEC follows its worst-off listener (a little more bitrate in FEC
+    /// for everyone, rather than one more encoder per lossy receiver).
+    fn update_full_loss(&mut self) {
+        let worst = self.listeners.values().map(|l| l.loss).max().unwrap_or(0);
+        if worst != self.full_loss {
+            self.full_loss = worst;
+            if let Some(e) = self.full_encoder.as_mut() {
+                let _ = e.set_packet_loss_perc(worst.into());
             }
         }
     }
@@ -296,7 +342,7 @@ impl Mixer {
                 if shared.is_none() {
                     let enc = match self.full_encoder.as_mut() {
                         Some(e) => e,
-                        None => match new_encoder(self.bitrate_kbps) {
+                        None => match new_encoder(self.bitrate_kbps, self.full_loss) {
                             Ok(e) => self.full_encoder.insert(e),
                             Err(e) => {
                                 tracing::error!("opus encoder: {e}");
@@ -345,6 +391,7 @@ async fn run(
         sources: HashMap::new(),
         listeners: HashMap::new(),
         full_encoder: None,
+        full_loss: 0,
         full: vec![0.0; FRAME_SAMPLES],
         out: vec![0.0; FRAME_SAMPLES],
         decoded: vec![0.0; MAX_DECODED],

@@ -39,6 +39,7 @@ pub const REQUIRED_ELEMENTS: &[(&str, &str)] = &[
     ("appsink", "gstreamer1.0-plugins-base"),
     ("videoconvert", "gstreamer1.0-plugins-base"),
     ("videoscale", "gstreamer1.0-plugins-base"),
+    ("videorate", "gstreamer1.0-plugins-base"),
     ("videotestsrc", "gstreamer1.0-plugins-base"),
     ("compositor", "gstreamer1.0-plugins-base"),
     ("textoverlay", "gstreamer1.0-x"),

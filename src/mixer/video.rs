@@ -11,6 +11,7 @@ use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec, parse_rtp};
 use crate::mixer::MixerError;
 use crate::mixer::batch::FrameBatch;
 use crate::mixer::pacer::Pacer;
+use crate::config::TierConfig;
 use crate::room::layout::Tile;
 use bytes::Bytes;
 use gstreamer as gst;
@@ -67,7 +68,8 @@ pub struct VideoSettings {
     pub width: u32,
     pub height: u32,
     pub framerate: u32,
-    pub bitrate_kbps: u32,
+    /// The encoder ladder, best first; the first is the canvas itself.
+    pub tiers: Vec<TierConfig>,
     pub jitter_ms: u32,
     pub keyframe_interval_s: u32,
     /// How far behind its fastest recent frame a composite frame may be held so that frames
@@ -84,9 +86,26 @@ struct Slot {
 }
 
 struct Encoder {
+    bin: gst::Bin,
+    tee_pad: gst::Pad,
     element: gst::Element,
     frames: broadcast::Sender<EncodedFrame>,
 }
+
+/// Which shared encode: a codec at one rung of the ladder (0 is the canvas).
+pub type EncodeKey = (VideoCodec, usize);
+
+/// Lower tiers get a keyframe at least this often (their receivers are the ones on lossy
+/// links, and their keyframes are small).
+const LOWER_TIER_KEYFRAME_MAX_S: u32 = 4;
+/// VP8 rate control for live tiers (milliseconds of the target rate): libvpx's defaults
+/// (6000/4000/5000) let a tier overshoot its target for seconds.
+const VP8_BUFFER_MS: i32 = 1000;
+const VP8_BUFFER_INITIAL_MS: i32 = 500;
+const VP8_BUFFER_OPTIMAL_MS: i32 = 600;
+/// A keyframe may be at most this many percent of an average frame's budget (libvpx's
+/// `rc_max_intra_bitrate_pct`): unbounded, a 720p keyframe is a burst of ~100 KB.
+const VP8_MAX_INTRA_PCT: i32 = 600;
 
 pub struct VideoMixer {
     room: RoomId,
@@ -97,7 +116,7 @@ pub struct VideoMixer {
     slots: HashMap<SessionId, Slot>,
     /// Name cards over the tiles of participants whose camera is stopped.
     cards: HashMap<SessionId, Slot>,
-    encoders: HashMap<VideoCodec, Encoder>,
+    encoders: HashMap<EncodeKey, Encoder>,
     /// `None` once [`shutdown`](Self::shutdown) ran.
     bus_task: Option<tokio::task::JoinHandle<()>>,
     /// The pipeline stays in `Null` (costing nothing) until the first receiver of video:
@@ -472,36 +491,59 @@ impl VideoMixer {
         }
     }
 
-    /// Frames of the composite encoded as `codec`; the encoder starts on first use and then
-    /// serves every receiver of that codec.
+    /// The number of rungs in the encoder ladder (1 when there are no lower tiers).
+    pub fn tier_count(&self) -> usize {
+        self.settings.tiers.len()
+    }
+
+    /// Frames of the composite encoded as `codec` at ladder rung `tier` (0 is the canvas,
+    /// a larger index is smaller and cheaper); the encoder starts on first use and then
+    /// serves every receiver of that encode.
     pub fn subscribe(
         &mut self,
         codec: VideoCodec,
+        tier: usize,
     ) -> Result<broadcast::Receiver<EncodedFrame>, MixerError> {
-        if let Some(e) = self.encoders.get(&codec) {
+        if let Some(e) = self.encoders.get(&(codec, tier)) {
             return Ok(e.frames.subscribe());
         }
+        let t = *self
+            .settings
+            .tiers
+            .get(tier)
+            .ok_or(MixerError::State("no such tier"))?;
         let bin = parse_bin(match codec {
             VideoCodec::Vp8 => VP8_ENCODER,
             VideoCodec::H264 => H264_ENCODER,
         })?;
         let enc = by_name(&bin, "enc")?;
-        let keyframe_frames = self.settings.keyframe_interval_s * self.settings.framerate;
+        let mut keyframe_s = self.settings.keyframe_interval_s;
+        if tier > 0 {
+            keyframe_s = keyframe_s.min(LOWER_TIER_KEYFRAME_MAX_S);
+        }
+        let keyframe_frames = keyframe_s * t.framerate;
         match codec {
             VideoCodec::Vp8 => {
-                enc.set_property("target-bitrate", (self.settings.bitrate_kbps * 1000) as i32);
+                enc.set_property("target-bitrate", (t.bitrate_kbps * 1000) as i32);
                 enc.set_property("keyframe-max-dist", keyframe_frames as i32);
+                enc.set_property("buffer-size", VP8_BUFFER_MS);
+                enc.set_property("buffer-initial-size", VP8_BUFFER_INITIAL_MS);
+                enc.set_property("buffer-optimal-size", VP8_BUFFER_OPTIMAL_MS);
+                enc.set_property("max-intra-bitrate", VP8_MAX_INTRA_PCT);
             }
             VideoCodec::H264 => {
-                enc.set_property("bitrate", self.settings.bitrate_kbps);
+                enc.set_property("bitrate", t.bitrate_kbps);
                 enc.set_property("key-int-max", keyframe_frames);
             }
+        }
+        if tier > 0 {
+            self.scale_into(&bin, t)?;
         }
         let (tx, rx) = broadcast::channel(FRAME_BROADCAST);
         let sink = by_name(&bin, "sink")?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| MixerError::State("sink is not an appsink"))?;
-        let frame_duration = Duration::from_secs(1) / self.settings.framerate;
+        let frame_duration = Duration::from_secs(1) / t.framerate;
         let margin = Duration::from_millis(self.settings.pacing_margin_ms.into());
         let paced = spawn_pacer(codec, margin, tx.clone())?;
         sink.set_callbacks(
@@ -533,10 +575,19 @@ impl VideoMixer {
             .map_err(|e| MixerError::Link(format!("{e:?}")))?;
         bin.sync_state_with_parent().map_err(MixerError::glib)?;
         self.run()?;
-        tracing::info!(room = %self.room, %codec, "composite encoder started");
+        tracing::info!(
+            room = %self.room,
+            %codec,
+            tier,
+            size = %format!("{}x{}@{}", t.width, t.height, t.framerate),
+            kbps = t.bitrate_kbps,
+            "composite encoder started"
+        );
         self.encoders.insert(
-            codec,
+            (codec, tier),
             Encoder {
+                bin,
+                tee_pad,
                 element: enc,
                 frames: tx,
             },
@@ -544,19 +595,84 @@ impl VideoMixer {
         Ok(rx)
     }
 
-    pub fn active_codecs(&self) -> Vec<VideoCodec> {
-        self.encoders.keys().copied().collect()
+    /// Puts a scaler (and, for a lower frame rate, a frame dropper) between the encoder
+    /// fragment's leaky queue and its encoder.
+    fn scale_into(&self, bin: &gst::Bin, t: TierConfig) -> Result<(), MixerError> {
+        let enc = by_name(bin, "enc")?;
+        let queue = enc
+            .static_pad("sink")
+            .and_then(|p| p.peer())
+            .and_then(|p| p.parent_element())
+            .ok_or(MixerError::State("encoder fragment has no queue before enc"))?;
+        queue.unlink(&enc);
+        let scale = gst::ElementFactory::make("videoscale")
+            .property_from_str("method", "bilinear")
+            .build()
+            .map_err(|_| MixerError::MissingElement("videoscale".into()))?;
+        let mut chain = vec![queue, scale];
+        if t.framerate < self.settings.framerate {
+            let rate = gst::ElementFactory::make("videorate")
+                .property("drop-only", true)
+                .build()
+                .map_err(|_| MixerError::MissingElement("videorate".into()))?;
+            chain.push(rate);
+        }
+        let caps = make("capsfilter")?;
+        apply_tile_caps(&caps, t.width, t.height, Some(t.framerate));
+        chain.push(caps);
+        chain.push(enc);
+        bin.add_many(&chain[1..chain.len() - 1])
+            .map_err(MixerError::glib)?;
+        gst::Element::link_many(&chain).map_err(MixerError::glib)
     }
 
-    pub fn force_keyframe(&self, codec: VideoCodec) {
-        if let Some(e) = self.encoders.get(&codec)
+    /// Stops every encoder nobody receives any more (the top one included: an idle room
+    /// encodes nothing). Called after receivers move or leave.
+    pub fn release_unused(&mut self) {
+        let unused: Vec<EncodeKey> = self
+            .encoders
+            .iter()
+            .filter(|(_, e)| e.frames.receiver_count() == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unused {
+            if let Some(e) = self.encoders.remove(&key) {
+                if let Some(sink) = e.bin.static_pad("sink") {
+                    let _ = e.tee_pad.unlink(&sink);
+                }
+                self.tee.release_request_pad(&e.tee_pad);
+                let _ = e.bin.set_state(gst::State::Null);
+                let _ = self.pipeline.remove(&e.bin);
+                tracing::info!(room = %self.room, codec = %key.0, tier = key.1, "composite encoder stopped");
+            }
+        }
+    }
+
+    /// The encodes running now.
+    pub fn active_encodes(&self) -> Vec<EncodeKey> {
+        let mut v: Vec<EncodeKey> = self.encoders.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub fn active_codecs(&self) -> Vec<VideoCodec> {
+        let mut v: Vec<VideoCodec> = self.encoders.keys().map(|k| k.0).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A keyframe from one encode only: the other tiers' receivers never pay for it.
+    pub fn force_keyframe(&self, key: EncodeKey) {
+        let codec = key.0;
+        if let Some(e) = self.encoders.get(&key)
             && let Some(pad) = e.element.static_pad("src")
         {
             let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
             pad.send_event(ev);
-            tracing::debug!(room = %self.room, %codec, "keyframe forced");
+            tracing::debug!(room = %self.room, %codec, tier = key.1, "keyframe forced");
         }
     }
 
@@ -643,14 +759,16 @@ pub(crate) fn encoded_frame(
     default_duration: Duration,
 ) -> Option<EncodedFrame> {
     let map = buffer.map_readable().ok()?;
-    Some(EncodedFrame::new(
+    let mut frame = EncodedFrame::new(
         Bytes::copy_from_slice(map.as_slice()),
         buffer
             .duration()
             .map(|d| Duration::from_nanos(d.nseconds()))
             .unwrap_or(default_duration),
         !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-    ))
+    );
+    frame.pts = buffer.pts().map(|p| Duration::from_nanos(p.nseconds()));
+    Some(frame)
 }
 
 fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {

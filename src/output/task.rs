@@ -247,7 +247,10 @@ impl OutputTask {
         run.last_keyframe_request = Some(now);
         let _ = self
             .keyframes
-            .try_send(SessionEvent::KeyframeRequest { codec: self.codec });
+            .try_send(SessionEvent::KeyframeRequest {
+                codec: self.codec,
+                tier: 0,
+            });
     }
 
     fn tick(&mut self, run: &mut Run) {

@@ -7,14 +7,15 @@ mod outputs;
 
 use super::keyframe::KeyframeGate;
 use super::layout::{Tile, grid};
+use super::tiers::{Rung, TierChoice};
 use super::{
-    JoinAnswer, JoinOptions, ParticipantInfo, ROOM_COMMAND_QUEUE, RegistryInner, Role, RoomCommand,
+    EncodeInfo, JoinAnswer, JoinOptions, ParticipantInfo, QualityInfo, ROOM_COMMAND_QUEUE, RegistryInner, Role, RoomCommand,
     RoomError, RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
 };
 use crate::ids::{RoomId, SessionId};
-use crate::media::{SharedRtpSink, VideoCodec};
+use crate::media::{LinkReport, SharedRtpSink, VideoCodec};
 use crate::mixer::audio::AudioMixerHandle;
-use crate::mixer::video::{VideoMixer, VideoSettings};
+use crate::mixer::video::{EncodeKey, VideoMixer, VideoSettings};
 use crate::output::OutputError;
 use crate::output::aac::AacEncoder;
 use crate::rtc::{PeerSession, SessionEvent, SessionMedia, TrackKind};
@@ -44,6 +45,12 @@ struct Participant {
     audio_sink: Option<SharedRtpSink>,
     receives_video: Option<VideoCodec>,
     receives_audio: bool,
+    /// Which rung of the encoder ladder this receiver's link carries (receivers of video).
+    tier: Option<TierChoice>,
+    /// The transport's latest word on this receiver's link.
+    link: Option<LinkReport>,
+    /// The loss (percent) last handed to the audio mixer for this listener's FEC.
+    fec_loss: u8,
 }
 
 struct Room {
@@ -57,7 +64,7 @@ struct Room {
     /// Tile holders in join order.
     order: Vec<SessionId>,
     tiles: HashMap<SessionId, Tile>,
-    gates: HashMap<VideoCodec, KeyframeGate>,
+    gates: HashMap<EncodeKey, KeyframeGate>,
     outputs: HashMap<SessionId, outputs::RunningOutput>,
     /// The AAC encoder shared by MP4, HLS and RTMP outputs: its mixer listener id, the
     /// encoder, and how many outputs use it.
@@ -89,7 +96,7 @@ async fn run(
         width: c.video.width,
         height: c.video.height,
         framerate: c.video.framerate,
-        bitrate_kbps: c.video.bitrate_kbps,
+        tiers: c.video.ladder(),
         jitter_ms: c.video.jitter_ms,
         keyframe_interval_s: c.video.keyframe_interval_s,
         pacing_margin_ms: c.video.pacing_margin_ms,
@@ -268,16 +275,24 @@ impl Room {
                 let sink = self.track_started(session, kind, payload_type, pli);
                 let _ = reply.send(sink);
             }
-            SessionEvent::KeyframeRequest { codec } => self.request_keyframe(codec),
+            SessionEvent::KeyframeRequest { codec, tier } => self.request_keyframe((codec, tier)),
             SessionEvent::Connected { session } => {
-                if let Some(codec) = self
-                    .participants
-                    .get(&session)
-                    .and_then(|p| p.receives_video)
+                if let Some(p) = self.participants.get(&session)
+                    && let Some(codec) = p.receives_video
                 {
-                    self.request_keyframe(codec);
+                    let tier = match p.tier.as_ref().map(|t| t.current()) {
+                        Some(Rung::Tier(t)) => t,
+                        _ => 0,
+                    };
+                    self.request_keyframe((codec, tier));
                 }
             }
+            SessionEvent::Link {
+                session,
+                peer,
+                report,
+            } => self.link_report(session, peer, report),
+            SessionEvent::TierSwitched { .. } => self.video.release_unused(),
             SessionEvent::Gone {
                 session,
                 peer,
@@ -330,7 +345,7 @@ impl Room {
         };
         let media = SessionMedia {
             video: match codec {
-                Some(c) => Some((c, self.video.subscribe(c)?)),
+                Some(c) => Some((c, self.video.subscribe(c, 0)?)),
                 None => None,
             },
             audio: if receives_audio {
@@ -379,6 +394,9 @@ impl Room {
                 audio_sink,
                 receives_video: codec,
                 receives_audio,
+                tier: codec.map(|_| self.tier_choice()),
+                link: None,
+                fec_loss: 0,
             },
         );
         if publishes_audio || publishes_video {
@@ -465,6 +483,8 @@ impl Room {
             self.relayout();
         }
         p.peer.close().await;
+        // Its driver has ended and let go of its encode: an encode nobody else gets stops.
+        self.video.release_unused();
         tracing::info!(room = %self.id, %session, reason, "left");
         if p_role == Role::Whip {
             self.broadcast(ServerMessage::ParticipantLeft {
@@ -667,7 +687,7 @@ impl Room {
         };
         let media = SessionMedia {
             video: match codec {
-                Some(c) => Some((c, self.video.subscribe(c)?)),
+                Some(c) => Some((c, self.video.subscribe(c, 0)?)),
                 None => None,
             },
             audio: if receives_audio {
@@ -690,8 +710,13 @@ impl Room {
         p.audio_sink = audio_sink;
         p.receives_video = codec;
         p.receives_audio = receives_audio;
+        p.link = None;
         let name = p.name.clone();
+        p.tier = codec.map(|_| {
+            TierChoice::new(self.registry.config.video.ladder().iter().map(|t| t.bitrate_kbps).collect())
+        });
         old.close().await;
+        self.video.release_unused();
         let publishes = publishes_audio || publishes_video;
         let in_grid = self.order.contains(&session);
         if had_video && !publishes_video {
@@ -720,26 +745,118 @@ impl Room {
         Ok(sdp)
     }
 
-    fn request_keyframe(&mut self, codec: VideoCodec) {
+    /// A keyframe from one encode, rate-limited per encode: a weak receiver's requests reach
+    /// only its own tier.
+    fn request_keyframe(&mut self, key: EncodeKey) {
         let gate = self
             .gates
-            .entry(codec)
+            .entry(key)
             .or_insert_with(|| KeyframeGate::new(KEYFRAME_INTERVAL));
         if gate.handle_request(Instant::now()) {
-            self.video.force_keyframe(codec);
+            self.video.force_keyframe(key);
         }
     }
 
     fn poll_keyframes(&mut self) {
         let now = Instant::now();
-        for (codec, gate) in self.gates.iter_mut() {
+        for (key, gate) in self.gates.iter_mut() {
             if gate.poll_force(now) {
-                self.video.force_keyframe(*codec);
+                self.video.force_keyframe(*key);
             }
         }
     }
 
+    fn tier_choice(&self) -> TierChoice {
+        TierChoice::new(
+            self.registry
+                .config
+                .video
+                .ladder()
+                .iter()
+                .map(|t| t.bitrate_kbps)
+                .collect(),
+        )
+    }
+
+    /// A receiver's link report: the tier choice decides, the room applies (another encode,
+    /// or a probe).
+    fn link_report(&mut self, session: SessionId, peer: u64, report: LinkReport) {
+        let now = Instant::now();
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        if p.peer.peer != peer {
+            return; // a replaced peer connection's last words
+        }
+        p.link = Some(report);
+        let loss = (report.loss * 100.0).round().clamp(0.0, 100.0) as u8;
+        if p.receives_audio && loss != p.fec_loss {
+            p.fec_loss = loss;
+            self.audio.set_listener_loss(session, loss);
+        }
+        let (Some(codec), Some(choice)) = (p.receives_video, p.tier.as_mut()) else {
+            return;
+        };
+        choice.handle_report(now, report.estimate_bps / 1000.0, report.probe);
+        if let Some(kbps) = choice.poll_probe() {
+            tracing::debug!(room = %self.id, %session, kbps, "probing the link");
+            p.peer.probe(kbps * 1000.0);
+        }
+        let Some(rung) = choice.poll_switch() else {
+            return;
+        };
+        tracing::info!(
+            room = %self.id,
+            %session,
+            ?rung,
+            estimate_kbps = (report.estimate_bps / 1000.0).round(),
+            loss = report.loss,
+            "video tier changed"
+        );
+        match rung {
+            Rung::Tier(tier) => match self.video.subscribe(codec, tier) {
+                Ok(frames) => {
+                    p.peer.switch_video(tier, frames);
+                    self.request_keyframe((codec, tier));
+                }
+                Err(e) => tracing::error!(room = %self.id, %session, tier, "tier encoder: {e}"),
+            },
+            Rung::AudioOnly => p.peer.pause_video(),
+        }
+    }
+
+    fn quality(&self, p: &Participant) -> Option<QualityInfo> {
+        let link = p.link;
+        if p.tier.is_none() && link.is_none() {
+            return None;
+        }
+        let ladder = self.registry.config.video.ladder();
+        let tier = match p.tier.as_ref().map(|t| t.current()) {
+            Some(Rung::Tier(t)) => ladder.get(t).map(|c| (t, *c)),
+            _ => None,
+        };
+        let kbps = |bps: f64| (bps / 1000.0).round() as u32;
+        Some(QualityInfo {
+            label: match (tier, p.tier.is_some()) {
+                (Some((_, c)), _) => format!("{}p", c.height),
+                (None, true) => "audio only".into(),
+                (None, false) => "no video".into(),
+            },
+            tier: tier.map(|(t, _)| t),
+            width: tier.map(|(_, c)| c.width),
+            height: tier.map(|(_, c)| c.height),
+            framerate: tier.map(|(_, c)| c.framerate),
+            video_kbps: tier.map(|(_, c)| c.bitrate_kbps),
+            link_kbps: link.map(|l| kbps(l.estimate_bps)),
+            delivered_kbps: link.and_then(|l| l.delivered_bps).map(kbps),
+            loss_percent: link.map(|l| (l.loss * 1000.0).round() / 10.0),
+            rtt_ms: link.and_then(|l| l.rtt_ms).map(|r| r.round()),
+            queue_ms: link.map(|l| l.queue_ms.round()),
+        })
+    }
+
     fn info(&self) -> RoomInfo {
+        let ladder = self.registry.config.video.ladder();
         let mut participants: Vec<(usize, ParticipantInfo)> = self
             .participants
             .iter()
@@ -760,6 +877,7 @@ impl Room {
                         receives_video: p.receives_video,
                         receives_audio: p.receives_audio,
                         tile: self.tiles.get(id).map(|t| (*t).into()),
+                        quality: self.quality(p),
                     },
                 )
             })
@@ -770,6 +888,22 @@ impl Room {
             width: self.registry.config.video.width,
             height: self.registry.config.video.height,
             encoders: self.video.active_codecs(),
+            encodes: self
+                .video
+                .active_encodes()
+                .into_iter()
+                .filter_map(|(codec, tier)| {
+                    let t = *ladder.get(tier)?;
+                    Some(EncodeInfo {
+                        codec,
+                        tier,
+                        width: t.width,
+                        height: t.height,
+                        framerate: t.framerate,
+                        kbps: t.bitrate_kbps,
+                    })
+                })
+                .collect(),
             participants: participants.into_iter().map(|(_, p)| p).collect(),
         }
     }

@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod keyframe;
 pub mod layout;
+pub mod tiers;
 
 use crate::config::Config;
 use crate::ids::{RoomId, SessionId};
@@ -74,6 +75,40 @@ pub struct ParticipantInfo {
     pub receives_audio: bool,
     /// The participant's tile in the composite, `[x, y, w, h]` in pixels.
     pub tile: Option<[u32; 4]>,
+    /// What this receiver's link carries and which tier of the composite it gets.
+    pub quality: Option<QualityInfo>,
+}
+
+/// A receiver's quality: its rung of the encoder ladder and its link, as the transport
+/// measures it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QualityInfo {
+    /// `"720p"`, `"360p"`, … or `"audio only"`.
+    pub label: String,
+    /// The ladder rung (0 is the canvas); `None` when only audio fits.
+    pub tier: Option<usize>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub framerate: Option<u32>,
+    pub video_kbps: Option<u32>,
+    /// The link estimate, kbit/s (`None` before the first report).
+    pub link_kbps: Option<u32>,
+    pub delivered_kbps: Option<u32>,
+    /// Loss the receiver reports, percent.
+    pub loss_percent: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub queue_ms: Option<f64>,
+}
+
+/// One running composite encode.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EncodeInfo {
+    pub codec: VideoCodec,
+    pub tier: usize,
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub kbps: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,6 +117,8 @@ pub struct RoomInfo {
     pub width: u32,
     pub height: u32,
     pub encoders: Vec<VideoCodec>,
+    /// Every composite encode running, by codec and tier.
+    pub encodes: Vec<EncodeInfo>,
     pub participants: Vec<ParticipantInfo>,
 }
 

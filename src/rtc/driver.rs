@@ -7,11 +7,14 @@
 use super::codecs::{opus_params, track_kind, video_codec_params};
 use super::keyframe_interceptor::is_keyframe_request;
 use super::router::{Datagram, MAX_STUN_ADDRS_PER_SESSION, Peer};
-use super::session::{MAX_REMOTE_CANDIDATES, SessionEvent};
+use super::estimate::ProbeOutcome;
+use super::session::{MAX_REMOTE_CANDIDATES, SessionEvent, SharedEstimator};
 use super::stun::{DatagramKind, classify};
 use super::{RtcError, Transport, udp};
 use crate::ids::SessionId;
-use crate::media::{EncodedFrame, PLI_QUEUE, SharedRtpSink, VideoCodec};
+use crate::media::{
+    EncodedFrame, LINK_REPORT_INTERVAL, LinkReport, PLI_QUEUE, SharedRtpSink, VideoCodec,
+};
 use crate::room::keyframe::KeyframeGate;
 use ::rtc::peer_connection::RTCPeerConnection;
 use ::rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
@@ -48,8 +51,29 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 pub(super) enum Command {
     Candidate(RTCIceCandidateInit, oneshot::Sender<Result<(), RtcError>>),
+    Video(VideoCommand),
     Close,
 }
+
+pub(super) enum VideoCommand {
+    /// Move to another encode at its next keyframe.
+    Switch {
+        tier: usize,
+        frames: broadcast::Receiver<EncodedFrame>,
+    },
+    /// Send no video (audio only).
+    Pause,
+    /// Pad the stream up to this rate for a moment.
+    Probe { bps: f64 },
+}
+
+/// Padding is sent in steps this far apart while a probe runs.
+const PROBE_TICK: Duration = Duration::from_millis(10);
+/// A padding-only packet on the wire: RTP header, transport-wide sequence number
+/// extension, 4 bytes of padding, SRTP tag, UDP and IPv4 headers.
+const PADDING_WIRE_BYTES: f64 = (12 + 8 + 4 + super::estimate::WIRE_OVERHEAD) as f64;
+/// At most this many padding packets per step (caps a probe at ~3.5 Mbit/s of padding).
+const MAX_PADDING_PER_TICK: usize = 64;
 
 /// What the driver talks to.
 pub(super) struct Io {
@@ -67,22 +91,56 @@ struct RtpOut {
     ssrc: u32,
     seq: u16,
     ts: u32,
+    /// The timestamp of presentation time zero, for frames that carry one (video: every
+    /// tier's copy of a picture has the same, so switching tiers keeps time continuous).
+    origin: u32,
 }
 
 impl RtpOut {
     fn new(codec: RTCRtpCodec, pt: u8, ssrc: u32) -> Self {
+        let origin = rand::random();
         Self {
             codec,
             pt,
             ssrc,
             seq: rand::random(),
-            ts: rand::random(),
+            ts: origin,
+            origin,
         }
+    }
+
+    /// Sets the timestamp from the frame's presentation time, when it has one.
+    fn stamp(&mut self, frame: &EncodedFrame) {
+        if let Some(pts) = frame.pts {
+            let ticks = (pts.as_nanos() * self.codec.clock_rate as u128 / 1_000_000_000) as u32;
+            self.ts = self.origin.wrapping_add(ticks);
+        }
+    }
+
+    /// A padding-only packet (a probe's filler): the next sequence number, the last
+    /// frame's timestamp, no payload. Receivers count it and discard it.
+    fn padding(&mut self) -> ::rtc::rtp::Packet {
+        let p = ::rtc::rtp::Packet {
+            header: ::rtc::rtp::header::Header {
+                version: 2,
+                padding: true,
+                marker: false,
+                payload_type: self.pt,
+                sequence_number: self.seq,
+                timestamp: self.ts,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::new(),
+        };
+        self.seq = self.seq.wrapping_add(1);
+        p
     }
 
     /// The frame's packets for this receiver (the payloads are shared, not copied), and the
     /// timestamp moved on by the frame's duration.
     fn packets(&mut self, frame: &EncodedFrame, out: &mut Vec<::rtc::rtp::Packet>) {
+        self.stamp(frame);
         let payloads = frame.payloads.get_or_init(|| {
             // Cutting must come out the same whoever does it first: VP8 takes its picture ID
             // from the frame's number, the others need no state across frames (a fresh
@@ -120,7 +178,10 @@ impl RtpOut {
 
     /// Moves the timestamp on without sending (a frame the receiver does not get).
     fn skip(&mut self, frame: &EncodedFrame) {
-        self.ts = self.ts.wrapping_add(samples(frame, self.codec.clock_rate));
+        self.stamp(frame);
+        if frame.pts.is_none() {
+            self.ts = self.ts.wrapping_add(samples(frame, self.codec.clock_rate));
+        }
     }
 }
 
@@ -129,9 +190,45 @@ struct VideoOut {
     sender: RTCRtpSenderId,
     rtp: RtpOut,
     codec: VideoCodec,
-    frames: broadcast::Receiver<EncodedFrame>,
+    /// The encode being sent (`None`: paused, audio only) and its ladder rung.
+    frames: Option<broadcast::Receiver<EncodedFrame>>,
+    tier: usize,
+    /// The encode to move to at its next keyframe.
+    next: Option<(usize, broadcast::Receiver<EncodedFrame>)>,
     /// Start (and restart after a gap) on a keyframe.
     need_keyframe: bool,
+}
+
+/// Bytes of media sent over the last second (for the padding a probe adds).
+#[derive(Default)]
+struct RateMeter {
+    sent: std::collections::VecDeque<(Instant, usize)>,
+    bytes: usize,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn add(&mut self, now: Instant, bytes: usize) {
+        self.sent.push_back((now, bytes));
+        self.bytes += bytes;
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(t, b)) = self.sent.front() {
+            if now.saturating_duration_since(t) <= Self::WINDOW {
+                break;
+            }
+            self.sent.pop_front();
+            self.bytes -= b;
+        }
+    }
+
+    fn bps(&mut self, now: Instant) -> f64 {
+        self.expire(now);
+        self.bytes as f64 * 8.0
+    }
 }
 
 /// The mix-minus going to the receiver.
@@ -194,6 +291,17 @@ pub(super) struct Driver {
     out: Vec<TaggedBytesMut>,
     /// A frame's RTP packets on their way into the connection (reused).
     rtp_out: Vec<::rtc::rtp::Packet>,
+    estimator: SharedEstimator,
+    /// Media bytes sent, for the padding a probe adds.
+    meter: RateMeter,
+    /// While a probe runs: when to send the next padding, and when the last went.
+    probe_tick: Option<Instant>,
+    last_pad: Instant,
+    pad_debt: f64,
+    next_report: Instant,
+    /// From the receiver's RTCP reports on our streams.
+    reported_loss: f64,
+    rtt_ms: Option<f64>,
 }
 
 fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
@@ -206,14 +314,40 @@ fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) 
         .map(|c| c.payload_type)
 }
 
+/// The middle 32 bits of the NTP time of `t` (RFC 3550's LSR/DLSR units: 1/65536 s).
+fn ntp_middle(t: std::time::SystemTime) -> u32 {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (((secs << 32) | frac) >> 16) as u32
+}
+
 fn samples(frame: &EncodedFrame, clock_rate: u32) -> u32 {
     (frame.duration.as_secs_f64() * clock_rate as f64).round() as u32
 }
 
-async fn next_video(v: &mut Option<VideoOut>) -> Result<EncodedFrame, broadcast::error::RecvError> {
-    match v {
-        Some(v) => v.frames.recv().await,
-        None => std::future::pending().await,
+/// Where a video frame came from: the encode being sent, or the one being moved to.
+enum VideoSource {
+    Current,
+    Next,
+}
+
+/// The next frame of either encode the receiver follows.
+async fn next_video(
+    v: &mut Option<VideoOut>,
+) -> (VideoSource, Result<EncodedFrame, broadcast::error::RecvError>) {
+    let Some(v) = v.as_mut() else {
+        return std::future::pending().await;
+    };
+    match (v.frames.as_mut(), v.next.as_mut()) {
+        (Some(cur), Some((_, next))) => tokio::select! {
+            f = cur.recv() => (VideoSource::Current, f),
+            f = next.recv() => (VideoSource::Next, f),
+        },
+        (Some(cur), None) => (VideoSource::Current, cur.recv().await),
+        (None, Some((_, next))) => (VideoSource::Next, next.recv().await),
+        (None, None) => std::future::pending().await,
     }
 }
 
@@ -232,8 +366,10 @@ impl Driver {
         peer: Peer,
         pc: RTCPeerConnection,
         offered: usize,
+        estimator: SharedEstimator,
         io: Io,
     ) -> Self {
+        let now = Instant::now();
         let (sink_tx, sink_rx) = mpsc::channel(SINK_QUEUE);
         let (pli_tx, pli_rx) = mpsc::channel(PLI_QUEUE);
         let routes = RouteGuard {
@@ -261,6 +397,14 @@ impl Driver {
             stun_addrs: HashSet::new(),
             out: Vec::with_capacity(udp::SEND_BATCH),
             rtp_out: Vec::with_capacity(16),
+            estimator,
+            meter: RateMeter::default(),
+            probe_tick: None,
+            last_pad: now,
+            pad_debt: 0.0,
+            next_report: now + LINK_REPORT_INTERVAL,
+            reported_loss: 0.0,
+            rtt_ms: None,
         }
     }
 
@@ -284,7 +428,9 @@ impl Driver {
             sender,
             rtp: RtpOut::new(params, pt, ssrc),
             codec,
-            frames,
+            frames: Some(frames),
+            tier: 0,
+            next: None,
             need_keyframe: true,
         });
         Ok(())
@@ -317,17 +463,23 @@ impl Driver {
         loop {
             self.pump().await;
             let now = Instant::now();
-            let deadline = [self.pc.poll_timeout(), self.gate.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now + IDLE_WAKE);
+            let deadline = [
+                self.pc.poll_timeout(),
+                self.gate.poll_timeout(),
+                self.probe_tick,
+                Some(self.next_report),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + IDLE_WAKE);
             tokio::select! {
                 biased;
                 cmd = self.io.commands.recv() => match cmd {
                     Some(Command::Candidate(init, reply)) => {
                         let _ = reply.send(self.add_candidate(init));
                     }
+                    Some(Command::Video(c)) => self.video_command(c),
                     Some(Command::Close) | None => break,
                 },
                 Some(d) = self.io.inbound.recv() => {
@@ -345,7 +497,10 @@ impl Driver {
                         self.send_pli();
                     }
                 }
-                frame = next_video(&mut self.video) => self.video_frame(frame),
+                (source, frame) = next_video(&mut self.video) => match source {
+                    VideoSource::Current => self.video_frame(frame),
+                    VideoSource::Next => self.next_tier_frame(frame),
+                },
                 frame = next_audio(&mut self.audio) => self.audio_frame(frame),
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
@@ -354,6 +509,12 @@ impl Driver {
                     }
                     if self.gate.poll_force(now) {
                         self.send_pli();
+                    }
+                    if self.probe_tick.is_some_and(|t| t <= now) {
+                        self.pad(now);
+                    }
+                    if self.next_report <= now {
+                        self.report(now);
                     }
                 }
             }
@@ -415,10 +576,13 @@ impl Driver {
                     if let Some(v) = &self.video
                         && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
                     {
-                        let _ = self
-                            .io
-                            .events
-                            .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
+                        let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
+                            codec: v.codec,
+                            tier: v.tier,
+                        });
+                    }
+                    for p in &packets {
+                        self.reception_reports(p.as_ref());
                     }
                 }
                 _ => {}
@@ -681,16 +845,25 @@ impl Driver {
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::debug!(session = %self.id, "receiver fell {n} frames behind; waiting for a keyframe");
                 v.need_keyframe = true;
-                let _ = self
-                    .io
-                    .events
-                    .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
+                let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
+                    codec: v.codec,
+                    tier: v.tier,
+                });
                 return;
             }
             Err(broadcast::error::RecvError::Closed) => {
-                self.video = None;
+                v.frames = None;
                 return;
             }
+        };
+        self.send_frame(frame);
+    }
+
+    /// Sends one frame of the current encode (or skips it: not connected, or waiting for a
+    /// keyframe).
+    fn send_frame(&mut self, frame: EncodedFrame) {
+        let Some(v) = self.video.as_mut() else {
+            return;
         };
         if !self.connected || (v.need_keyframe && !frame.keyframe) {
             v.need_keyframe |= !self.connected;
@@ -706,10 +879,158 @@ impl Driver {
             // The receiver misses part of this frame: resume at a keyframe, and ask for one
             // rather than wait for the periodic one.
             v.need_keyframe = true;
-            let _ = self
-                .io
-                .events
-                .try_send(SessionEvent::KeyframeRequest { codec: v.codec });
+            let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
+                codec: v.codec,
+                tier: v.tier,
+            });
+        }
+    }
+
+    /// A frame of the encode the receiver moves to: at its first keyframe the move happens
+    /// (the old encode's frames stop at once, so each picture is sent once).
+    fn next_tier_frame(&mut self, frame: Result<EncodedFrame, broadcast::error::RecvError>) {
+        let Some(v) = self.video.as_mut() else {
+            return;
+        };
+        match frame {
+            Ok(f) if f.keyframe => {
+                let Some((tier, frames)) = v.next.take() else {
+                    return;
+                };
+                v.frames = Some(frames);
+                v.tier = tier;
+                v.need_keyframe = false;
+                tracing::debug!(session = %self.id, tier, "video moved to another tier");
+                let _ = self.io.events.try_send(SessionEvent::TierSwitched {
+                    session: self.id,
+                    tier: Some(tier),
+                });
+                self.send_frame(f);
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => v.next = None,
+        }
+    }
+
+    fn video_command(&mut self, c: VideoCommand) {
+        let Some(v) = self.video.as_mut() else {
+            return;
+        };
+        match c {
+            VideoCommand::Switch { tier, frames } => {
+                if v.frames.is_some() && v.tier == tier {
+                    v.next = None; // already there: a pending move is cancelled
+                } else {
+                    v.next = Some((tier, frames));
+                }
+            }
+            VideoCommand::Pause => {
+                v.frames = None;
+                v.next = None;
+                v.need_keyframe = true;
+                let _ = self.io.events.try_send(SessionEvent::TierSwitched {
+                    session: self.id,
+                    tier: None,
+                });
+            }
+            VideoCommand::Probe { bps } => {
+                let now = Instant::now();
+                if let Ok(mut e) = self.estimator.0.lock() {
+                    e.start_probe(now, bps);
+                }
+                self.last_pad = now;
+                self.pad_debt = 0.0;
+                self.probe_tick = Some(now);
+            }
+        }
+    }
+
+    /// One step of a probe: padding packets that bring what is sent up to the probe's
+    /// current rate.
+    fn pad(&mut self, now: Instant) {
+        let target = self.estimator.0.lock().ok().and_then(|e| e.probe_rate(now));
+        let (Some(target), Some(v)) = (target, self.video.as_mut()) else {
+            self.probe_tick = None;
+            return;
+        };
+        self.probe_tick = Some(now + PROBE_TICK);
+        let elapsed = now
+            .saturating_duration_since(self.last_pad)
+            .min(PROBE_TICK * 5);
+        self.last_pad = now;
+        if !self.connected {
+            return;
+        }
+        let media = self.meter.bps(now);
+        self.pad_debt += (target - media).max(0.0) / 8.0 * elapsed.as_secs_f64();
+        let n = ((self.pad_debt / PADDING_WIRE_BYTES) as usize).min(MAX_PADDING_PER_TICK);
+        self.pad_debt = (self.pad_debt - n as f64 * PADDING_WIRE_BYTES).min(PADDING_WIRE_BYTES);
+        if n == 0 {
+            return;
+        }
+        let sender = v.sender;
+        for _ in 0..n {
+            let p = v.rtp.padding();
+            self.rtp_out.push(p);
+        }
+        self.write_rtp_unmetered(sender);
+    }
+
+    /// Tells the room what the link carries now.
+    fn report(&mut self, now: Instant) {
+        self.next_report = now + LINK_REPORT_INTERVAL;
+        let Ok(mut e) = self.estimator.0.lock() else {
+            return;
+        };
+        let outcome = e.poll_probe_outcome();
+        let report = LinkReport {
+            estimate_bps: e.estimate(),
+            delivered_bps: e.delivered(),
+            loss: self.reported_loss.max(e.loss()),
+            rtt_ms: self.rtt_ms,
+            queue_ms: e.queue_ms(),
+            probe: outcome.map(|o| matches!(o, ProbeOutcome::Succeeded { .. })),
+        };
+        drop(e);
+        let _ = self.io.events.try_send(SessionEvent::Link {
+            session: self.id,
+            peer: self.peer,
+            report,
+        });
+    }
+
+    /// Loss and round-trip time from a receiver's report blocks about our streams.
+    fn reception_reports(&mut self, p: &dyn ::rtc::rtcp::Packet) {
+        use ::rtc::rtcp::receiver_report::ReceiverReport;
+        use ::rtc::rtcp::sender_report::SenderReport;
+        let any = p.as_any();
+        let blocks = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            &rr.reports
+        } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+            &sr.reports
+        } else {
+            return;
+        };
+        let ours = [
+            self.video.as_ref().map(|v| v.rtp.ssrc),
+            self.audio.as_ref().map(|a| a.rtp.ssrc),
+        ];
+        let mut loss: Option<f64> = None;
+        for b in blocks.iter().filter(|b| ours.contains(&Some(b.ssrc))) {
+            loss = Some(loss.unwrap_or(0.0).max(b.fraction_lost as f64 / 256.0));
+            if b.last_sender_report != 0 {
+                let now = ntp_middle(std::time::SystemTime::now());
+                let rtt = now
+                    .wrapping_sub(b.last_sender_report)
+                    .wrapping_sub(b.delay);
+                // Clocks can make a report claim a negative or absurd round trip: skip it.
+                if rtt < 65536 * 10 {
+                    self.rtt_ms = Some(rtt as f64 * 1000.0 / 65536.0);
+                }
+            }
+        }
+        if let Some(l) = loss {
+            self.reported_loss = l;
         }
     }
 
@@ -730,8 +1051,19 @@ impl Driver {
         self.write_rtp(sender);
     }
 
-    /// Hands the packets in `rtp_out` to the connection; false if it refused one.
+    /// Hands the packets in `rtp_out` to the connection, counting them as media sent; false
+    /// if it refused one.
     fn write_rtp(&mut self, sender: RTCRtpSenderId) -> bool {
+        let bytes: usize = self
+            .rtp_out
+            .iter()
+            .map(|p| p.payload.len() + RTP_HEADER + super::estimate::WIRE_OVERHEAD + 8)
+            .sum();
+        self.meter.add(Instant::now(), bytes);
+        self.write_rtp_unmetered(sender)
+    }
+
+    fn write_rtp_unmetered(&mut self, sender: RTCRtpSenderId) -> bool {
         let now = Instant::now();
         let Some(mut s) = self.pc.rtp_sender(sender) else {
             self.rtp_out.clear();

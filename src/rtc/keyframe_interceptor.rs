@@ -1,4 +1,5 @@
-//! An interceptor that lets PLI and FIR from receivers reach the application. webrtc-rs's
+//! An interceptor that lets PLI and FIR, and reception reports (loss, round trip), from
+//! receivers reach the application. webrtc-rs's
 //! default chain consumes all inbound RTCP; packets this one marks with
 //! `Attribute::DeliverToApplication` surface as `TrackLocalEvent::OnRtcpPacket` on the local
 //! track, where the session turns them into keyframe requests.
@@ -16,6 +17,13 @@ pub fn is_keyframe_request(packet: &dyn ::rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
+fn is_for_application(packet: &dyn ::rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    is_keyframe_request(packet)
+        || any.is::<::rtc::rtcp::receiver_report::ReceiverReport>()
+        || any.is::<::rtc::rtcp::sender_report::SenderReport>()
+}
+
 #[derive(Default)]
 pub struct KeyframeRequestForwarder {
     read: VecDeque<TaggedPacket>,
@@ -31,9 +39,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         // The whole compound packet is marked (nothing is stripped), so interceptors later in
-        // the chain still see every report; the session filters for PLI/FIR itself.
+        // the chain still see every report; the driver picks out what it reads itself.
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+            && packets.iter().any(|p| is_for_application(p.as_ref()))
         {
             msg.message.add(Attribute::DeliverToApplication);
         }

@@ -12,6 +12,7 @@
 mod candidates;
 mod codecs;
 mod driver;
+pub mod estimate;
 mod keyframe_interceptor;
 mod router;
 mod session;
@@ -62,6 +63,9 @@ pub struct RtcSettings {
     pub ice_timeout: Duration,
     /// Packets kept per video stream for retransmission ([`session::nack_packets`]).
     pub nack_packets: u16,
+    /// The most a receiver's link is credited with (bit/s): what its top tier needs with
+    /// room to spare. Receivers start there.
+    pub link_ceiling_bps: f64,
 }
 
 impl RtcSettings {
@@ -72,7 +76,10 @@ impl RtcSettings {
             udp_port: c.rtc.udp_port,
             udp_shards: c.rtc.udp_shards(),
             ice_timeout: Duration::from_secs(c.rtc.ice_timeout_s as u64),
-            nack_packets: session::nack_packets(c.video.bitrate_kbps),
+            // Twice the media's own: probes pad the stream with small packets, which would
+            // otherwise push the media out of the buffer while they run.
+            nack_packets: session::nack_packets(c.video.bitrate_kbps).saturating_mul(2),
+            link_ceiling_bps: crate::room::tiers::link_ceiling_bps(c.video.bitrate_kbps),
         }
     }
 }

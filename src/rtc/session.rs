@@ -3,11 +3,12 @@
 //! it: trickled candidates go in, closing ends the driver, which frees everything it holds.
 
 use super::codecs::{media_engine, opus_params, video_codec_params};
-use super::driver::{self, Command, Driver};
+use super::driver::{self, Command, Driver, VideoCommand};
+use super::estimate::{Ack, LinkEstimator};
 use super::keyframe_interceptor::KeyframeRequestForwarder;
 use super::{PeerFactory, RtcError, limit_candidates, rewrite_candidates};
 use crate::ids::SessionId;
-use crate::media::{EncodedFrame, SharedRtpSink, VideoCodec};
+use crate::media::{EncodedFrame, LinkReport, SharedRtpSink, VideoCodec};
 use ::rtc::interceptor::Registry;
 use ::rtc::media_stream::MediaStreamTrack;
 use ::rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -73,8 +74,20 @@ pub enum SessionEvent {
         pli: mpsc::Sender<()>,
         reply: oneshot::Sender<Option<SharedRtpSink>>,
     },
-    /// A receiver asked for a keyframe (PLI/FIR), or fell behind.
-    KeyframeRequest { codec: VideoCodec },
+    /// A receiver asked for a keyframe (PLI/FIR), or fell behind, or waits to switch to
+    /// this encode: only that encode (codec and ladder rung) makes one.
+    KeyframeRequest { codec: VideoCodec, tier: usize },
+    /// What the receiver's link carries, every [`crate::media::LINK_REPORT_INTERVAL`].
+    Link {
+        session: SessionId,
+        peer: u64,
+        report: LinkReport,
+    },
+    /// The receiver now gets another encode (or none): the one it left may be unused.
+    TierSwitched {
+        session: SessionId,
+        tier: Option<usize>,
+    },
     /// ICE and DTLS are up: the receiver needs a keyframe now.
     Connected { session: SessionId },
     /// The peer is gone (ICE failed after the timeout, or closed). `peer` tells a replaced
@@ -126,6 +139,30 @@ impl PeerSession {
         answer.await.map_err(|_| gone())?
     }
 
+    /// Moves the receiver's video to ladder rung `tier`, whose frames are `frames`, at that
+    /// encode's next keyframe, on the same track (sequence numbers and timestamps run on).
+    pub fn switch_video(&self, tier: usize, frames: broadcast::Receiver<EncodedFrame>) {
+        self.video_command(VideoCommand::Switch { tier, frames });
+    }
+
+    /// Stops sending video (the link carries only audio); the receiver keeps the last picture.
+    pub fn pause_video(&self) {
+        self.video_command(VideoCommand::Pause);
+    }
+
+    /// Pads the receiver's stream up to `bps` for a moment, to learn whether its link
+    /// carries that much; the answer comes in a later [`SessionEvent::Link`].
+    pub fn probe(&self, bps: f64) {
+        self.video_command(VideoCommand::Probe { bps });
+    }
+
+    fn video_command(&self, c: VideoCommand) {
+        // Full only if the driver is stuck; the tier choice repeats what matters.
+        if self.commands.try_send(Command::Video(c)).is_err() {
+            tracing::debug!(session = %self.id, "video command dropped: driver busy");
+        }
+    }
+
     pub async fn close(self) {
         let _ = self.commands.send(Command::Close).await;
         let abort = self.task.abort_handle();
@@ -157,8 +194,15 @@ pub fn nack_packets(bitrate_kbps: u32) -> u16 {
 /// The interceptor chain: webrtc-rs's defaults (NACK both ways, TWCC feedback for what we
 /// receive, RTCP reports, simulcast header extensions) with a retransmission buffer of
 /// `nack_packets`, and the PLI/FIR forwarder.
-fn interceptors(engine: &mut MediaEngine, nack_packets: u16) -> Result<Registry, RtcError> {
-    use ::rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+fn interceptors(
+    engine: &mut MediaEngine,
+    nack_packets: u16,
+    estimator: SharedEstimator,
+) -> Result<Registry, RtcError> {
+    use ::rtc::interceptor::{
+        CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,
+        TwccSenderBuilder,
+    };
     use ::rtc::peer_connection::configuration::interceptor_registry as ir;
     let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
     // NACK and PLI feedback are in the video codecs' own parameters.
@@ -170,8 +214,64 @@ fn interceptors(engine: &mut MediaEngine, nack_packets: u16) -> Result<Registry,
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     ir::configure_simulcast_extension_headers(engine).map_err(neg)?;
     let registry = ir::configure_twcc_receiver_only(registry, engine).map_err(neg)?;
+    // Send-side congestion control without a pacer: transport-wide sequence numbers on what
+    // we send, and the receiver's feedback resolved into the link estimator. Frames go out
+    // as they are encoded; the tier choice, not a queue, keeps the rate within the link.
+    let registry = registry
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(estimator).build(),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build());
     Ok(ir::configure_rtcp_reports(registry)
         .with(Slot::from(14_000), KeyframeRequestForwarder::default()))
+}
+
+/// The link estimator, shared by the congestion-control interceptor (which feeds it) and the
+/// driver (which reads it and runs its probes). Both live on the driver's task, so the lock
+/// is never contended.
+#[derive(Clone)]
+pub(super) struct SharedEstimator(pub std::sync::Arc<std::sync::Mutex<LinkEstimator>>);
+
+impl SharedEstimator {
+    /// Believes the link carries `ceiling` until feedback says otherwise: receivers start
+    /// on the top tier, and one that sends no feedback stays there.
+    fn new(ceiling: f64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(LinkEstimator::new(
+            ceiling,
+            MIN_ESTIMATE_BPS,
+            ceiling,
+        ))))
+    }
+}
+
+/// The lowest the estimate goes: below this only audio flows anyway.
+const MIN_ESTIMATE_BPS: f64 = 30_000.0;
+
+impl ::rtc::interceptor::BandwidthEstimator for SharedEstimator {
+    fn on_reports(&mut self, now: Instant, reports: &[::rtc::interceptor::PacketReport]) {
+        let acks: Vec<Ack> = reports
+            .iter()
+            .map(|r| Ack {
+                departure: r.departure,
+                arrival: if r.arrived { r.arrival } else { None },
+                size: r.size,
+            })
+            .collect();
+        if let Ok(mut e) = self.0.lock() {
+            e.handle_acks(now, &acks);
+        }
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.0.lock().map(|e| e.estimate()).unwrap_or(0.0)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Ok(mut e) = self.0.lock() {
+            e.handle_timeout(now);
+        }
+    }
 }
 
 /// Numbers every peer connection this process builds.
@@ -237,7 +337,8 @@ impl PeerFactory {
         let (offer, offered) = limit_candidates(&offer, MAX_REMOTE_CANDIDATES);
 
         let mut engine = media_engine()?;
-        let registry = interceptors(&mut engine, s.nack_packets)?;
+        let estimator = SharedEstimator::new(s.link_ceiling_bps);
+        let registry = interceptors(&mut engine, s.nack_packets, estimator.clone())?;
         // The server's own ICE credentials: its ufrag is how the socket reader finds this
         // session for every STUN request.
         let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
@@ -308,6 +409,7 @@ impl PeerFactory {
             peer,
             pc,
             offered,
+            estimator,
             driver::Io {
                 inbound,
                 commands: command_rx,

@@ -9,4 +9,5 @@ mod latency;
 mod outputs;
 mod signalling;
 mod transport;
+mod weak_links;
 mod webapp;

@@ -246,7 +246,8 @@ impl Room {
             return Err(e);
         }
         // Inputs: the composite in the codec this output writes, and the mix.
-        let video = self.video.subscribe(codec)?;
+        // Outputs record the canvas: the top tier.
+        let video = self.video.subscribe(codec, 0)?;
         let audio = if aac {
             AudioInput::Aac(self.aac_encoder().await?.subscribe())
         } else {
@@ -298,7 +299,7 @@ impl Room {
                 hls: is_hls,
             },
         );
-        self.request_keyframe(codec);
+        self.request_keyframe((codec, 0));
         tracing::info!(
             room = %self.id,
             output = %id,

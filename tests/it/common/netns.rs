@@ -86,6 +86,45 @@ impl NetNs {
         (format!("vh{tag}"), format!("vn{tag}"))
     }
 
+    /// Shapes the link both ways to `kbit` kbit/s with a token bucket (a full queue, 100 ms
+    /// deep, drops), and drops `loss` (0..1) of what arrives in the namespace at random.
+    /// (This kernel has no netem: tbf and iptables' statistic match are what there is.)
+    pub fn shape(&self, kbit: u32, loss: f64) -> Result<(), String> {
+        let (here, there) = self.links();
+        let rate = format!("{kbit}kbit");
+        let tbf = |dev: &str| {
+            vec![
+                "tc".to_owned(),
+                "qdisc".into(),
+                "replace".into(),
+                "dev".into(),
+                dev.to_owned(),
+                "root".into(),
+                "tbf".into(),
+                "rate".into(),
+                rate.clone(),
+                "burst".into(),
+                "16kb".into(),
+                "latency".into(),
+                "100ms".into(),
+            ]
+        };
+        let host = tbf(&here);
+        run(&host.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let mut inside = vec!["ip".to_owned(), "netns".into(), "exec".into(), self.name.clone()];
+        inside.extend(tbf(&there));
+        run(&inside.iter().map(String::as_str).collect::<Vec<_>>())?;
+        self.exec(&["iptables", "-F", "INPUT"])?;
+        if loss > 0.0 {
+            let p = format!("{loss}");
+            self.exec(&[
+                "iptables", "-A", "INPUT", "-m", "statistic", "--mode", "random",
+                "--probability", &p, "-j", "DROP",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Runs `args` inside the namespace.
     pub fn exec(&self, args: &[&str]) -> Result<(), String> {
         let mut all = vec!["ip", "netns", "exec", &self.name];
