@@ -40,7 +40,10 @@ enum Control {
     },
     RemoveListener(SessionId),
     /// The loss a listener's receiver reports (percent).
-    ListenerLoss { id: SessionId, percent: u8 },
+    ListenerLoss {
+        id: SessionId,
+        percent: u8,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +125,7 @@ impl AudioMixerHandle {
     /// The loss (percent) a listener's receiver reports, for the FEC in what it hears. Never
     /// waits: a report dropped when the queue is full is repeated by the next one.
     pub fn set_listener_loss(&self, id: SessionId, percent: u8) {
-        let _ = self
-            .control
-            .try_send(Control::ListenerLoss { id, percent });
+        let _ = self.control.try_send(Control::ListenerLoss { id, percent });
     }
 
     async fn send(&self, c: Control) -> Result<(), AudioError> {

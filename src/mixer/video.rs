@@ -6,12 +6,12 @@
 //! from there, never from a streaming thread. Streaming-thread callbacks (appsink, pad probes)
 //! only `try_send` or `send` into channels.
 
+use crate::config::TierConfig;
 use crate::ids::{RoomId, SessionId};
 use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, VideoCodec, parse_rtp};
 use crate::mixer::MixerError;
 use crate::mixer::batch::FrameBatch;
 use crate::mixer::pacer::Pacer;
-use crate::config::TierConfig;
 use crate::room::layout::Tile;
 use bytes::Bytes;
 use gstreamer as gst;
@@ -603,7 +603,9 @@ impl VideoMixer {
             .static_pad("sink")
             .and_then(|p| p.peer())
             .and_then(|p| p.parent_element())
-            .ok_or(MixerError::State("encoder fragment has no queue before enc"))?;
+            .ok_or(MixerError::State(
+                "encoder fragment has no queue before enc",
+            ))?;
         queue.unlink(&enc);
         let scale = gst::ElementFactory::make("videoscale")
             .property_from_str("method", "bilinear")

@@ -245,12 +245,10 @@ impl OutputTask {
 
     fn request_keyframe(&self, run: &mut Run, now: Instant) {
         run.last_keyframe_request = Some(now);
-        let _ = self
-            .keyframes
-            .try_send(SessionEvent::KeyframeRequest {
-                codec: self.codec,
-                tier: 0,
-            });
+        let _ = self.keyframes.try_send(SessionEvent::KeyframeRequest {
+            codec: self.codec,
+            tier: 0,
+        });
     }
 
     fn tick(&mut self, run: &mut Run) {

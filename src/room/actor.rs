@@ -9,8 +9,8 @@ use super::keyframe::KeyframeGate;
 use super::layout::{Tile, grid};
 use super::tiers::{Rung, TierChoice};
 use super::{
-    EncodeInfo, JoinAnswer, JoinOptions, ParticipantInfo, QualityInfo, ROOM_COMMAND_QUEUE, RegistryInner, Role, RoomCommand,
-    RoomError, RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
+    EncodeInfo, JoinAnswer, JoinOptions, ParticipantInfo, QualityInfo, ROOM_COMMAND_QUEUE,
+    RegistryInner, Role, RoomCommand, RoomError, RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
 };
 use crate::ids::{RoomId, SessionId};
 use crate::media::{LinkReport, SharedRtpSink, VideoCodec};
@@ -713,7 +713,15 @@ impl Room {
         p.link = None;
         let name = p.name.clone();
         p.tier = codec.map(|_| {
-            TierChoice::new(self.registry.config.video.ladder().iter().map(|t| t.bitrate_kbps).collect())
+            TierChoice::new(
+                self.registry
+                    .config
+                    .video
+                    .ladder()
+                    .iter()
+                    .map(|t| t.bitrate_kbps)
+                    .collect(),
+            )
         });
         old.close().await;
         self.video.release_unused();

@@ -84,7 +84,9 @@ impl TierChoice {
     /// What `rung` needs of the link, kbit/s.
     pub fn need(&self, rung: Rung) -> f64 {
         match rung {
-            Rung::Tier(i) => self.ladder.get(i).copied().unwrap_or(0.0) * VIDEO_OVERHEAD + AUDIO_KBPS,
+            Rung::Tier(i) => {
+                self.ladder.get(i).copied().unwrap_or(0.0) * VIDEO_OVERHEAD + AUDIO_KBPS
+            }
             Rung::AudioOnly => AUDIO_KBPS,
         }
     }
@@ -94,7 +96,9 @@ impl TierChoice {
         match rung {
             Rung::Tier(0) => None,
             Rung::Tier(i) => Some(Rung::Tier(i - 1)),
-            Rung::AudioOnly => (!self.ladder.is_empty()).then_some(Rung::Tier(self.ladder.len() - 1)),
+            Rung::AudioOnly => {
+                (!self.ladder.is_empty()).then_some(Rung::Tier(self.ladder.len() - 1))
+            }
         }
     }
 
@@ -120,7 +124,10 @@ impl TierChoice {
             let since = *self.below_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= DOWN_AFTER {
                 let to = self.best_for(estimate_kbps);
-                if self.last_up.is_some_and(|t| now.saturating_duration_since(t) < UP_VERIFY) {
+                if self
+                    .last_up
+                    .is_some_and(|t| now.saturating_duration_since(t) < UP_VERIFY)
+                {
                     self.back_off(now);
                 }
                 self.last_up = None;
@@ -140,7 +147,9 @@ impl TierChoice {
         if self.next_try.is_some_and(|t| now < t) || self.probing {
             return;
         }
-        if estimate_kbps >= wanted && (probe == Some(true) || now.saturating_duration_since(held) >= UP_HOLD) {
+        if estimate_kbps >= wanted
+            && (probe == Some(true) || now.saturating_duration_since(held) >= UP_HOLD)
+        {
             self.last_up = Some(now);
             self.backoff = BASE_BACKOFF;
             self.next_try = Some(now + BASE_BACKOFF);
@@ -220,7 +229,11 @@ mod tests {
         let moves = feed(&mut c, t0, 5.0, 5.0, 255.0);
         assert_eq!(moves.len(), 1, "{moves:?}");
         let (at, to) = moves[0];
-        assert_eq!(to, Rung::Tier(2), "255 kbit/s carries 120 kbit/s video, not 450");
+        assert_eq!(
+            to,
+            Rung::Tier(2),
+            "255 kbit/s carries 120 kbit/s video, not 450"
+        );
         assert!(at - 5.0 <= 2.0, "stepped down {}s after the fall", at - 5.0);
     }
 
@@ -298,7 +311,10 @@ mod tests {
         assert!(gaps[1] > gaps[0], "backs off: {gaps:?}");
         let cap = MAX_BACKOFF.as_secs_f64() + UP_HOLD.as_secs_f64() + 1.5;
         assert!(gaps.iter().all(|g| *g <= cap), "capped: {gaps:?}");
-        assert!(gaps.iter().all(|g| *g >= BASE_BACKOFF.as_secs_f64()), "{gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g >= BASE_BACKOFF.as_secs_f64()),
+            "{gaps:?}"
+        );
     }
 
     #[test]
@@ -327,7 +343,11 @@ mod tests {
             t += 0.25;
             assert!(t < up_at + 60.0);
         }
-        assert!(t - up_at >= 2.0 * BASE_BACKOFF.as_secs_f64(), "retried after {}s", t - up_at);
+        assert!(
+            t - up_at >= 2.0 * BASE_BACKOFF.as_secs_f64(),
+            "retried after {}s",
+            t - up_at
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! on the room: everything it tells the room goes by `try_send`.
 
 use super::codecs::{opus_params, track_kind, video_codec_params};
+use super::estimate::ProbeOutcome;
 use super::keyframe_interceptor::is_keyframe_request;
 use super::router::{Datagram, MAX_STUN_ADDRS_PER_SESSION, Peer};
-use super::estimate::ProbeOutcome;
 use super::session::{MAX_REMOTE_CANDIDATES, SessionEvent, SharedEstimator};
 use super::stun::{DatagramKind, classify};
 use super::{RtcError, Transport, udp};
@@ -67,6 +67,11 @@ pub(super) enum VideoCommand {
     Probe { bps: f64 },
 }
 
+/// Loss on the path from which audio packets are sent twice, and below which they stop
+/// (the path's own loss, from transport feedback: what the receiver reports after the
+/// copies have done their work is lower).
+const AUDIO_DUPLICATE_ON: f64 = 0.05;
+const AUDIO_DUPLICATE_OFF: f64 = 0.02;
 /// Padding is sent in steps this far apart while a probe runs.
 const PROBE_TICK: Duration = Duration::from_millis(10);
 /// A padding-only packet on the wire: RTP header, transport-wide sequence number
@@ -302,6 +307,8 @@ pub(super) struct Driver {
     /// From the receiver's RTCP reports on our streams.
     reported_loss: f64,
     rtt_ms: Option<f64>,
+    /// Audio goes twice (a lossy path).
+    duplicate_audio: bool,
 }
 
 fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
@@ -336,7 +343,10 @@ enum VideoSource {
 /// The next frame of either encode the receiver follows.
 async fn next_video(
     v: &mut Option<VideoOut>,
-) -> (VideoSource, Result<EncodedFrame, broadcast::error::RecvError>) {
+) -> (
+    VideoSource,
+    Result<EncodedFrame, broadcast::error::RecvError>,
+) {
     let Some(v) = v.as_mut() else {
         return std::future::pending().await;
     };
@@ -405,6 +415,7 @@ impl Driver {
             next_report: now + LINK_REPORT_INTERVAL,
             reported_loss: 0.0,
             rtt_ms: None,
+            duplicate_audio: false,
         }
     }
 
@@ -983,6 +994,12 @@ impl Driver {
             return;
         };
         let outcome = e.poll_probe_outcome();
+        let path_loss = e.loss().max(self.reported_loss);
+        if path_loss >= AUDIO_DUPLICATE_ON {
+            self.duplicate_audio = true;
+        } else if path_loss < AUDIO_DUPLICATE_OFF {
+            self.duplicate_audio = false;
+        }
         let report = LinkReport {
             estimate_bps: e.estimate(),
             delivered_bps: e.delivered(),
@@ -1020,9 +1037,7 @@ impl Driver {
             loss = Some(loss.unwrap_or(0.0).max(b.fraction_lost as f64 / 256.0));
             if b.last_sender_report != 0 {
                 let now = ntp_middle(std::time::SystemTime::now());
-                let rtt = now
-                    .wrapping_sub(b.last_sender_report)
-                    .wrapping_sub(b.delay);
+                let rtt = now.wrapping_sub(b.last_sender_report).wrapping_sub(b.delay);
                 // Clocks can make a report claim a negative or absurd round trip: skip it.
                 if rtt < 65536 * 10 {
                     self.rtt_ms = Some(rtt as f64 * 1000.0 / 65536.0);
@@ -1048,6 +1063,14 @@ impl Driver {
         }
         let sender = a.sender;
         a.rtp.packets(&frame, &mut self.rtp_out);
+        // On a lossy link each audio packet goes twice: a copy whose original arrived is
+        // dropped by the receiver's SRTP replay check, one whose original was lost plays as
+        // if nothing happened, with no wait for the next packet (which Opus FEC and RED
+        // need). 20 % random loss leaves 4 %, for ~40 kbit/s more.
+        if self.duplicate_audio {
+            let copies = self.rtp_out.clone();
+            self.rtp_out.extend(copies);
+        }
         self.write_rtp(sender);
     }
 

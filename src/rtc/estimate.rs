@@ -67,7 +67,9 @@ pub struct Ack {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProbeOutcome {
     /// The link carried `bps` while padded up to the probed rate.
-    Succeeded { bps: f64 },
+    Succeeded {
+        bps: f64,
+    },
     Failed,
 }
 

@@ -237,27 +237,42 @@ impl SharedEstimator {
     /// Believes the link carries `ceiling` until feedback says otherwise: receivers start
     /// on the top tier, and one that sends no feedback stays there.
     fn new(ceiling: f64) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(LinkEstimator::new(
-            ceiling,
-            MIN_ESTIMATE_BPS,
-            ceiling,
-        ))))
+        Self(std::sync::Arc::new(std::sync::Mutex::new(
+            LinkEstimator::new(ceiling, MIN_ESTIMATE_BPS, ceiling),
+        )))
     }
 }
 
+/// Packets of one feedback batch checked for copies (a batch covers ~100 ms).
+const MAX_COPY_KEYS: usize = 512;
 /// The lowest the estimate goes: below this only audio flows anyway.
 const MIN_ESTIMATE_BPS: f64 = 30_000.0;
 
 impl ::rtc::interceptor::BandwidthEstimator for SharedEstimator {
     fn on_reports(&mut self, now: Instant, reports: &[::rtc::interceptor::PacketReport]) {
-        let acks: Vec<Ack> = reports
-            .iter()
-            .map(|r| Ack {
+        // Copies of one packet (audio sent twice on a lossy path) count once, as arrived if
+        // either did: the receiver discards the second copy as a replay, which its feedback
+        // reports as a loss the path never had.
+        let mut acks: Vec<Ack> = Vec::with_capacity(reports.len());
+        let mut seen: Vec<((u32, u16), usize)> = Vec::new();
+        for r in reports {
+            let arrival = if r.arrived { r.arrival } else { None };
+            let key = (r.ssrc, r.rtp_sequence_number);
+            if let Some(&(_, i)) = seen.iter().find(|(k, _)| *k == key) {
+                if acks[i].arrival.is_none() {
+                    acks[i].arrival = arrival;
+                }
+                continue;
+            }
+            if seen.len() < MAX_COPY_KEYS {
+                seen.push((key, acks.len()));
+            }
+            acks.push(Ack {
                 departure: r.departure,
-                arrival: if r.arrived { r.arrival } else { None },
+                arrival,
                 size: r.size,
-            })
-            .collect();
+            });
+        }
         if let Ok(mut e) = self.0.lock() {
             e.handle_acks(now, &acks);
         }

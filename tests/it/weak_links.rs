@@ -74,13 +74,13 @@ impl Receiver {
                     }
                 }),
             );
-        let listener = tokio::net::TcpListener::bind((ns.host_ip, 0)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ns.host_ip, 0))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let page = tokio::spawn(async move { axum::serve(listener, app).await });
-        let profile = std::env::temp_dir().join(format!(
-            "mixdown-weak-{tag}-{}",
-            std::process::id()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("mixdown-weak-{tag}-{}", std::process::id()));
         let url = format!(
             "http://{addr}/?whep={}&report=http://{addr}/report",
             server.url(&format!("/whep/{room}"))
@@ -88,7 +88,9 @@ impl Receiver {
         let chromium = ns
             .command(CHROMIUM)
             .args(CHROMIUM_FLAGS)
-            .arg(format!("--unsafely-treat-insecure-origin-as-secure=http://{addr}"))
+            .arg(format!(
+                "--unsafely-treat-insecure-origin-as-secure=http://{addr}"
+            ))
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(&url)
             .stdout(std::process::Stdio::null())
@@ -268,13 +270,19 @@ async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() 
     let settled = window(&samples, t0 + 10.0, t0 + 20.0);
     tracing::info!(?settled, "300 kbit/s, last 10 s");
     let info = server.room_info(room).await.unwrap();
-    let location = samples[0]["location"].as_str().unwrap_or_default().to_owned();
+    let location = samples[0]["location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let quality = chromium_quality(&info, &location);
     assert!(
         settled.height > 0 && settled.height < 360,
         "a lower tier: {settled:?}, {quality}"
     );
-    assert!(settled.fps >= 15.0, "fps behind 300 kbit/s: {settled:?}, {quality}");
+    assert!(
+        settled.fps >= 15.0,
+        "fps behind 300 kbit/s: {settled:?}, {quality}"
+    );
     assert!(
         settled.longest_stall <= 1.0,
         "a freeze over 1 s in the last 10 s: {settled:?}, {quality}"
@@ -339,7 +347,9 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
     }
     let ns = NetNs::create(&format!("mdls{}", std::process::id() % 100_000), 82)
         .expect("test namespace");
-    ns.shape(1000, 0.05).expect("tbf and loss");
+    // Chromium connects over a clean 1 Mbit/s link; the loss comes once media flows (a
+    // handshake under 20 % loss tests DTLS's retransmission timers, not this).
+    ns.shape(1000, 0.0).expect("tbf");
     let server = TestServer::start(ladder_config(&ns)).await;
     let room = "lossy";
     let (publishers, watcher) = room_with_publishers(&server, room, &ns).await;

@@ -111,15 +111,29 @@ impl NetNs {
         };
         let host = tbf(&here);
         run(&host.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let mut inside = vec!["ip".to_owned(), "netns".into(), "exec".into(), self.name.clone()];
+        let mut inside = vec![
+            "ip".to_owned(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ];
         inside.extend(tbf(&there));
         run(&inside.iter().map(String::as_str).collect::<Vec<_>>())?;
         self.exec(&["iptables", "-F", "INPUT"])?;
         if loss > 0.0 {
             let p = format!("{loss}");
             self.exec(&[
-                "iptables", "-A", "INPUT", "-m", "statistic", "--mode", "random",
-                "--probability", &p, "-j", "DROP",
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
             ])?;
         }
         Ok(())
