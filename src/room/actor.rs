@@ -797,6 +797,16 @@ impl Room {
             return; // a replaced peer connection's last words
         }
         p.link = Some(report);
+        tracing::trace!(
+            room = %self.id,
+            %session,
+            estimate_kbps = (report.estimate_bps / 1000.0).round(),
+            delivered_kbps = report.delivered_bps.map(|d| (d / 1000.0).round()),
+            loss = report.loss,
+            queue_ms = report.queue_ms.round(),
+            probe = ?report.probe,
+            "link"
+        );
         let loss = (report.loss * 100.0).round().clamp(0.0, 100.0) as u8;
         if p.receives_audio && loss != p.fec_loss {
             p.fec_loss = loss;

@@ -8,7 +8,7 @@
 //!   only when even the lowest does not.
 //! - **Up** one rung at a time, only on evidence: once the estimate has held the current rung
 //!   for [`UP_HOLD`], the room asks for a probe at [`UP_MARGIN`] × what the next rung needs;
-//!   a probe that succeeds (or an estimate that already shows that much) moves it up.
+//!   a probe that succeeds (or an estimate that shows that much for [`UP_HOLD`]) moves it up.
 //! - **Back-off**: a failed probe, or a step down within [`UP_VERIFY`] of a step up, doubles
 //!   the wait before the next try (from [`BASE_BACKOFF`] to at most [`MAX_BACKOFF`]); a
 //!   successful step up resets it.
@@ -35,6 +35,8 @@ pub const UP_HOLD: Duration = Duration::from_secs(3);
 pub const UP_MARGIN: f64 = 1.3;
 /// A step down this soon after a step up means the step up failed.
 pub const UP_VERIFY: Duration = Duration::from_secs(5);
+/// A probe whose outcome has not come this long after it was asked for failed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 pub const BASE_BACKOFF: Duration = Duration::from_secs(4);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
@@ -55,7 +57,8 @@ pub struct TierChoice {
     backoff: Duration,
     next_try: Option<Instant>,
     last_up: Option<Instant>,
-    probing: bool,
+    /// Since when a probe has been asked for (its outcome is awaited).
+    probing: Option<Instant>,
     switch: Option<Rung>,
     probe: Option<f64>,
 }
@@ -71,7 +74,7 @@ impl TierChoice {
             backoff: BASE_BACKOFF,
             next_try: None,
             last_up: None,
-            probing: false,
+            probing: None,
             switch: None,
             probe: None,
         }
@@ -112,8 +115,16 @@ impl TierChoice {
 
     /// The link's estimate (kbit/s) and, when a probe ended, whether the link carried it.
     pub fn handle_report(&mut self, now: Instant, estimate_kbps: f64, probe: Option<bool>) {
+        if self
+            .probing
+            .is_some_and(|t| now.saturating_duration_since(t) > PROBE_TIMEOUT)
+        {
+            // Its outcome was lost (a dropped report): count it as failed.
+            self.probing = None;
+            self.back_off(now);
+        }
         if let Some(ok) = probe {
-            self.probing = false;
+            self.probing = None;
             if !ok {
                 self.back_off(now);
             }
@@ -144,21 +155,21 @@ impl TierChoice {
             return;
         };
         let wanted = self.need(up) * UP_MARGIN;
-        if self.next_try.is_some_and(|t| now < t) || self.probing {
+        if self.next_try.is_some_and(|t| now < t) || self.probing.is_some() {
             return;
         }
-        if estimate_kbps >= wanted
-            && (probe == Some(true) || now.saturating_duration_since(held) >= UP_HOLD)
+        // A probe that succeeded showed the link carrying what it asked for (the margin
+        // over the next rung included); an estimate that shows as much for the hold time
+        // does too.
+        if probe == Some(true)
+            || (estimate_kbps >= wanted && now.saturating_duration_since(held) >= UP_HOLD)
         {
             self.last_up = Some(now);
             self.backoff = BASE_BACKOFF;
             self.next_try = Some(now + BASE_BACKOFF);
             self.move_to(up);
-        } else if probe == Some(true) {
-            // The probe succeeded but for less than the margin: try again later.
-            self.back_off(now);
         } else if now.saturating_duration_since(held) >= UP_HOLD {
-            self.probing = true;
+            self.probing = Some(now);
             self.probe = Some(wanted);
         }
     }
@@ -253,10 +264,10 @@ mod tests {
         let moves = feed(&mut c, t0, 0.0, 3.0, 100.0);
         assert_eq!(moves.last().map(|m| m.1), Some(Rung::AudioOnly));
         // It holds audio only, then asks for a probe above the lowest tier's need.
-        feed(&mut c, t0, 3.0, 10.0, 100.0);
+        feed(&mut c, t0, 3.0, 6.0, 100.0);
         let probe = c.poll_probe().expect("a probe");
         assert!(probe >= c.need(Rung::Tier(2)) * UP_MARGIN - 1.0);
-        c.handle_report(t0 + s(13.0), probe, Some(true));
+        c.handle_report(t0 + s(9.5), probe, Some(true));
         assert_eq!(c.poll_switch(), Some(Rung::Tier(2)));
     }
 
@@ -361,7 +372,7 @@ mod tests {
         while c.current() != Rung::Tier(0) {
             c.handle_report(t0 + s(t), estimate, None);
             if let Some(p) = c.poll_probe() {
-                t += 1.5;
+                t += 3.0;
                 estimate = p;
                 c.handle_report(t0 + s(t), estimate, Some(true));
             }

@@ -995,9 +995,10 @@ impl Driver {
         };
         let outcome = e.poll_probe_outcome();
         let path_loss = e.loss().max(self.reported_loss);
-        if path_loss >= AUDIO_DUPLICATE_ON {
+        // Only random loss: on a congested path the copies would add to the congestion.
+        if path_loss >= AUDIO_DUPLICATE_ON && !e.congested() {
             self.duplicate_audio = true;
-        } else if path_loss < AUDIO_DUPLICATE_OFF {
+        } else if path_loss < AUDIO_DUPLICATE_OFF || e.congested() {
             self.duplicate_audio = false;
         }
         let report = LinkReport {

@@ -14,6 +14,7 @@ mod codecs;
 mod driver;
 pub mod estimate;
 mod keyframe_interceptor;
+mod retransmit;
 mod router;
 mod session;
 mod stun;

@@ -6,6 +6,7 @@ use super::codecs::{media_engine, opus_params, video_codec_params};
 use super::driver::{self, Command, Driver, VideoCommand};
 use super::estimate::{Ack, LinkEstimator};
 use super::keyframe_interceptor::KeyframeRequestForwarder;
+use super::retransmit::RetransmitGuard;
 use super::{PeerFactory, RtcError, limit_candidates, rewrite_candidates};
 use crate::ids::SessionId;
 use crate::media::{EncodedFrame, LinkReport, SharedRtpSink, VideoCodec};
@@ -220,8 +221,11 @@ fn interceptors(
     let registry = registry
         .with(
             Slot::CongestionControl,
-            CongestionControlBuilder::new(estimator).build(),
+            CongestionControlBuilder::new(estimator.clone()).build(),
         )
+        // Between the NACK responder (4 000) and the transport-wide numbering (2 000), so
+        // a resend it holds back is never numbered or counted.
+        .with(Slot::from(3_500), RetransmitGuard::new(estimator))
         .with(Slot::TwccSender, TwccSenderBuilder::new().build());
     Ok(ir::configure_rtcp_reports(registry)
         .with(Slot::from(14_000), KeyframeRequestForwarder::default()))
