@@ -64,6 +64,8 @@ pub struct ClientOptions {
     pub audio_only: bool,
     /// Where the client's media socket binds.
     pub bind_ip: std::net::IpAddr,
+    /// Appended to the WHIP/WHEP URL (`?max_tier=1`).
+    pub query: String,
 }
 
 impl ClientOptions {
@@ -83,6 +85,7 @@ impl ClientOptions {
             silent: false,
             audio_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            query: String::new(),
         }
     }
 
@@ -102,6 +105,7 @@ impl ClientOptions {
             silent: false,
             audio_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            query: String::new(),
         }
     }
 }
@@ -475,7 +479,7 @@ impl Client {
     }
 
     pub async fn try_join(base: &str, room: &str, opts: ClientOptions) -> Result<Client, String> {
-        let url = format!("{base}/{}/{room}", opts.endpoint);
+        let url = format!("{base}/{}/{room}{}", opts.endpoint, opts.query);
         Self::connect(base, opts, async move |offer: String| {
             whip_exchange(&url, offer).await
         })

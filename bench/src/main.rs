@@ -54,7 +54,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     transport: Vec<usize>,
     /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs,
-    /// transport).
+    /// transport, tiers, links).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: serve as the transport scenario's server process.
@@ -126,6 +126,8 @@ async fn main() -> anyhow::Result<()> {
                 output_room: 2,
                 outputs: vec![],
                 transport: vec![2],
+                tier_room: 2,
+                links: false,
                 command,
             },
             6,
@@ -155,6 +157,8 @@ async fn main() -> anyhow::Result<()> {
                 output_room: 4,
                 outputs: output_variants(),
                 transport: cli.transport.clone(),
+                tier_room: 9,
+                links: true,
                 command,
             },
             20,
@@ -183,6 +187,12 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("transport") {
             plan.transport.clear();
+        }
+        if !keep("tiers") {
+            plan.tier_room = 0;
+        }
+        if !keep("links") {
+            plan.links = false;
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

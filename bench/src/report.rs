@@ -45,8 +45,20 @@ pub struct Plan {
     pub outputs: Vec<(String, Vec<OutputSpec>)>,
     /// Connection counts of the transport scenario (old and new transport alternately).
     pub transport: Vec<usize>,
+    /// Participants of the room whose encoder tiers are measured (1, 2 and 3 tiers
+    /// alternately); 0 skips it.
+    pub tier_room: usize,
+    /// Run the link profiles (Chromium behind shaped links; needs root).
+    pub links: bool,
     pub command: String,
 }
+
+/// The tier variants: (label, the ladder rungs the extra viewers are held at).
+pub const TIER_VARIANTS: [(&str, &[usize]); 3] = [
+    ("1 tier (720p)", &[0, 0]),
+    ("2 tiers (720p, 360p)", &[1, 1]),
+    ("3 tiers (720p, 360p, 180p)", &[1, 2]),
+];
 
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -110,6 +122,10 @@ pub struct Report {
     pub outputs: Vec<Row>,
     /// Per connection count: the runs of the old transport, then of the new.
     pub transport: Vec<(usize, Vec<TransportResult>, Vec<TransportResult>)>,
+    /// One row per tier variant ([`TIER_VARIANTS`]).
+    pub tiers: Vec<Row>,
+    /// The link profiles and the climb back (seconds), when run.
+    pub links: Option<(Vec<crate::weak::LinkResult>, Option<f64>)>,
     pub errors: Vec<String>,
 }
 
@@ -336,6 +352,39 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         }
         transport.push((n, old, new));
     }
+    // Encoder tiers: the same room with its extra viewers held on one, two or three tiers,
+    // alternately.
+    let n = plan.tier_room;
+    let mut tiers: Vec<Row> = Vec::new();
+    if n > 0 {
+        tiers = TIER_VARIANTS
+            .iter()
+            .map(|(label, _)| Row::new(format!("{n} participants + 2 viewers, {label}"), n))
+            .collect();
+        for _ in 0..plan.runs {
+            for ((_, viewers), row) in TIER_VARIANTS.iter().zip(tiers.iter_mut()) {
+                let extras = Extras {
+                    viewers,
+                    ..Extras::default()
+                };
+                row.record(
+                    vp8_room(plan, clips, n, next_ports(), extras).await,
+                    &mut errors,
+                );
+            }
+        }
+    }
+    let links = if plan.links {
+        match crate::weak::link_profiles(&plan.server_bin, clips, next_ports()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(format!("link profiles: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     Report {
         rows,
         bare,
@@ -346,6 +395,8 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         audio,
         outputs,
         transport,
+        tiers,
+        links,
         errors,
     }
 }
@@ -516,6 +567,12 @@ impl Report {
         if !self.transport.is_empty() {
             self.transport_markdown(&mut md);
         }
+        if !self.tiers.is_empty() {
+            self.tiers_markdown(&mut md);
+        }
+        if let Some((links, climb)) = &self.links {
+            links_markdown(&mut md, links, *climb);
+        }
         for p in plots {
             let _ = writeln!(md, "\n![{p}]({p})");
         }
@@ -529,7 +586,82 @@ impl Report {
     }
 }
 
+/// The link-profile table.
+fn links_markdown(md: &mut String, links: &[crate::weak::LinkResult], climb: Option<f64>) {
+    let _ = writeln!(
+        md,
+        "\n## Weak links\n\nOne headless Chromium receiver (WHEP) in a network namespace whose \
+         link is shaped with `tc tbf` (burst 16 KB, 100 ms queue) both ways, random loss dropped \
+         by iptables' `statistic` match on what arrives in the namespace; two publishers of the \
+         natural-entropy clips on this side; the default configuration (1280x720 canvas at \
+         1500 kbit/s, tiers 640x360@30 450 kbit/s and 320x180@15 120 kbit/s). A fresh receiver \
+         per profile connects on the shaped link, loss is switched on once it decodes, it \
+         settles for {:.0} s and is measured for {:.0} s (one run per profile). From Chromium's \
+         `getStats`: frames decoded, `freezeCount`, video bytes, concealed audio samples, and \
+         the video jitter-buffer delay per frame (its playout delay, not glass-to-glass). The \
+         tier is what `GET /api/rooms/{{room}}` reports for the receiver at the end.\n",
+        crate::weak::SETTLE.as_secs_f64(),
+        crate::weak::MEASURE.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| link | loss | tier delivered | fps | freezes/min | longest stall (s) | video kbit/s | audio concealed | playout delay (ms) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for l in links {
+        let w = &l.window;
+        let _ = writeln!(
+            md,
+            "| {} kbit/s | {:.0} % | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} % | {} |",
+            l.kbit,
+            l.loss * 100.0,
+            l.tier,
+            w.fps,
+            w.freezes * 60.0 / w.seconds.max(1.0),
+            w.longest_stall,
+            w.kbps,
+            w.concealed * 100.0,
+            fmt(w.playout_ms.is_finite().then_some(w.playout_ms), 0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nClimb: behind 300 kbit/s for 15 s, then the link lifted to 5 Mbit/s: Chromium decoded \
+         the 720p canvas again after {}.",
+        climb
+            .map(|c| format!("{c:.1} s"))
+            .unwrap_or_else(|| "more than 60 s (never)".into())
+    );
+}
+
 impl Report {
+    fn tiers_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Encoder tiers\n\nThe same room with two extra WHEP viewers held on ladder \
+             rungs by `?max_tier=` (the room's participants and probe get the canvas), so that \
+             one, two or three composite encodes run; the variants alternate. `encodes` is what \
+             `GET /api/rooms/{{room}}` lists at the end of the window.\n"
+        );
+        let _ = writeln!(md, "| room | encodes | server CPU (cores) | ÷ one tier |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        let base = self.tiers.first().and_then(|r| r.cpu());
+        for row in &self.tiers {
+            let ratio = match (row.cpu(), base) {
+                (Some(c), Some(b)) if b > 0.0 => Some(c / b),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                row.name,
+                fmt(row.med(|r| r.encodes as f64), 0),
+                fmt(row.cpu(), 2),
+                fmt(ratio, 2)
+            );
+        }
+    }
+
     fn transport_markdown(&self, md: &mut String) {
         let _ = writeln!(
             md,

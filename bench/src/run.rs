@@ -39,6 +39,8 @@ pub struct RunResult {
     pub video_latency_ms: Vec<f64>,
     pub audio_latency_ms: Vec<f64>,
     pub join_ms: Vec<f64>,
+    /// Composite encodes running at the end of the window (codec × tier).
+    pub encodes: usize,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -57,6 +59,22 @@ impl ServerProcess {
     /// the first of `media_ports` (one port serves every connection); the range is the unit
     /// the bench hands out so consecutive servers, and Janus, never share ports.
     pub async fn start(bin: &Path, media_ports: (u16, u16), extra: &str) -> anyhow::Result<Self> {
+        Self::start_on(
+            bin,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            media_ports,
+            extra,
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) with HTTP and media on `host`.
+    pub async fn start_on(
+        bin: &Path,
+        host: std::net::IpAddr,
+        media_ports: (u16, u16),
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("mixdown-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -64,7 +82,7 @@ impl ServerProcess {
         std::fs::write(
             &config,
             format!(
-                "[server]\nhost = \"127.0.0.1\"\nhttp_port = {port}\n\
+                "[server]\nhost = \"{host}\"\nhttp_port = {port}\n\
                  [rtc]\nudp_port = {}\n\
                  [room]\nmax_participants = 100\n\
                  [video]\nwidth = {}\nheight = {}\n{extra}\n",
@@ -80,7 +98,7 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("http://{host}:{port}");
         let server = Self { child, base, dir };
         let health = format!("{}/healthz", server.base);
         for _ in 0..100 {
@@ -211,6 +229,9 @@ pub struct OutputSpec {
 pub struct Extras<'a> {
     pub outputs: &'a [OutputSpec],
     pub video: &'a str,
+    /// Extra WHEP viewers (not decoding), each held at most at this ladder rung
+    /// (`?max_tier=`): how a run makes the room run lower tiers.
+    pub viewers: &'a [usize],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,6 +296,18 @@ pub async fn server_run(
         .await
         .map_err(|e| anyhow!("probe: {e}"))?;
     *probe.received.probe_hz.lock().unwrap() = Some(CLICK_HZ);
+    let mut viewers = Vec::new();
+    for (i, tier) in extras.viewers.iter().enumerate() {
+        let mut opts = ClientOptions::viewer();
+        opts.codecs = vec![out];
+        opts.decode = false;
+        opts.query = format!("?max_tier={tier}");
+        viewers.push(
+            Client::try_join(&server.base, room, opts)
+                .await
+                .map_err(|e| anyhow!("viewer {i}: {e}"))?,
+        );
+    }
     let http = reqwest::Client::new();
     for o in outputs {
         let r = http
@@ -303,6 +336,15 @@ pub async fn server_run(
     let cpu_cores = cpu.cores().unwrap_or(f64::NAN);
     let generator_cores = own.and_then(|o| o.cores()).unwrap_or(f64::NAN);
     let rss = rss_mib(pid).unwrap_or(f64::NAN);
+    let encodes = match reqwest::get(format!("{}/api/rooms/{room}", server.base)).await {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["encodes"].as_array().map(|a| a.len()))
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
 
     let frames: Vec<(Instant, u32)> = probe
         .received
@@ -363,6 +405,9 @@ pub async fn server_run(
         c.close().await;
     }
     probe.close().await;
+    for v in viewers {
+        v.close().await;
+    }
     drop(server);
     Ok(RunResult {
         cpu_cores,
@@ -375,6 +420,7 @@ pub async fn server_run(
         video_latency_ms,
         audio_latency_ms,
         join_ms,
+        encodes,
     })
 }
 

@@ -175,7 +175,7 @@ async fn offer(
         Impl::New => {
             let (events, mut ev_rx) = mpsc::channel::<SessionEvent>(64);
             let media = SessionMedia {
-                video: Some((VideoCodec::Vp8, s.video.subscribe())),
+                video: Some((VideoCodec::Vp8, 0, s.video.subscribe())),
                 audio: Some(audio_rx),
             };
             let factory = s.new.as_ref().ok_or_else(|| fail("no factory".into()))?;

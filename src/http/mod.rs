@@ -15,7 +15,8 @@ use crate::ids::{RoomId, SessionId};
 use crate::room::{JoinOptions, Role, RoomRegistry};
 use crate::sdp::parse_offer;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -117,32 +118,53 @@ async fn read_offer(headers: &HeaderMap, body: Body) -> Result<String, ApiError>
         .map_err(|_| ApiError::BadRequest("the SDP offer is not UTF-8".into()))
 }
 
+/// `?max_tier=N`: the best rung of the encoder ladder this receiver may get (0 is the
+/// canvas); it starts there and its link decides below it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinQuery {
+    max_tier: Option<usize>,
+}
+
 async fn whip(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, headers, body, Role::Whip).await
+    join(state, room, query, headers, body, Role::Whip).await
 }
 
 async fn whep(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, headers, body, Role::Whep).await
+    join(state, room, query, headers, body, Role::Whep).await
 }
 
 async fn join(
     state: AppState,
     room: String,
+    query: Result<Query<JoinQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
     role: Role,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    let rungs = state.rooms.config().video.ladder().len();
+    let max_tier = query.max_tier.unwrap_or(0);
+    if max_tier >= rungs {
+        return Err(ApiError::BadRequest(format!(
+            "max_tier {max_tier}: the ladder has tiers 0..={}",
+            rungs - 1
+        )));
+    }
     let offer = read_offer(&headers, body).await?;
     let summary = parse_offer(&offer)?;
     if role == Role::Whep && !summary.receives_audio() && !summary.receives_video() {
@@ -152,7 +174,16 @@ async fn join(
     }
     let answer = state
         .rooms
-        .join(&room, role, offer, summary, JoinOptions::guest())
+        .join(
+            &room,
+            role,
+            offer,
+            summary,
+            JoinOptions {
+                max_tier,
+                ..JoinOptions::guest()
+            },
+        )
         .await?;
     let prefix = match role {
         Role::Whip => "whip",

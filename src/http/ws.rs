@@ -213,6 +213,7 @@ impl Connection {
                         id,
                         name: j.name.clone(),
                         events: Some(self.out.clone()),
+                        max_tier: 0,
                     };
                     let a = self
                         .state

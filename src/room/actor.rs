@@ -51,6 +51,8 @@ struct Participant {
     link: Option<LinkReport>,
     /// The loss (percent) last handed to the audio mixer for this listener's FEC.
     fec_loss: u8,
+    /// The best ladder rung this receiver may get.
+    max_tier: usize,
 }
 
 struct Room {
@@ -343,9 +345,12 @@ impl Room {
         } else {
             None
         };
+        let max_tier = options
+            .max_tier
+            .min(self.video.tier_count().saturating_sub(1));
         let media = SessionMedia {
             video: match codec {
-                Some(c) => Some((c, self.video.subscribe(c, 0)?)),
+                Some(c) => Some((c, max_tier, self.video.subscribe(c, max_tier)?)),
                 None => None,
             },
             audio: if receives_audio {
@@ -394,9 +399,10 @@ impl Room {
                 audio_sink,
                 receives_video: codec,
                 receives_audio,
-                tier: codec.map(|_| self.tier_choice()),
+                tier: codec.map(|_| self.tier_choice(max_tier)),
                 link: None,
                 fec_loss: 0,
+                max_tier,
             },
         );
         if publishes_audio || publishes_video {
@@ -685,9 +691,10 @@ impl Room {
                 .get(&session)
                 .and_then(|p| p.audio_sink.clone()),
         };
+        let max_tier = self.participants.get(&session).map_or(0, |p| p.max_tier);
         let media = SessionMedia {
             video: match codec {
-                Some(c) => Some((c, self.video.subscribe(c, 0)?)),
+                Some(c) => Some((c, max_tier, self.video.subscribe(c, max_tier)?)),
                 None => None,
             },
             audio: if receives_audio {
@@ -713,7 +720,7 @@ impl Room {
         p.link = None;
         let name = p.name.clone();
         p.tier = codec.map(|_| {
-            TierChoice::new(
+            TierChoice::with_top(
                 self.registry
                     .config
                     .video
@@ -721,6 +728,7 @@ impl Room {
                     .iter()
                     .map(|t| t.bitrate_kbps)
                     .collect(),
+                max_tier,
             )
         });
         old.close().await;
@@ -774,8 +782,8 @@ impl Room {
         }
     }
 
-    fn tier_choice(&self) -> TierChoice {
-        TierChoice::new(
+    fn tier_choice(&self, max_tier: usize) -> TierChoice {
+        TierChoice::with_top(
             self.registry
                 .config
                 .video
@@ -783,6 +791,7 @@ impl Room {
                 .iter()
                 .map(|t| t.bitrate_kbps)
                 .collect(),
+            max_tier,
         )
     }
 

@@ -43,6 +43,9 @@ pub struct JoinOptions {
     pub id: SessionId,
     pub name: String,
     pub events: Option<mpsc::Sender<ServerMessage>>,
+    /// The best ladder rung this receiver may get (0, the canvas, when unset): a data saver,
+    /// and how the benchmarks hold receivers on a tier.
+    pub max_tier: usize,
 }
 
 impl JoinOptions {
@@ -54,6 +57,7 @@ impl JoinOptions {
             id,
             name,
             events: None,
+            max_tier: 0,
         }
     }
 }

@@ -51,6 +51,8 @@ pub fn link_ceiling_bps(top_kbps: u32) -> f64 {
 pub struct TierChoice {
     /// Video kbit/s of each tier, best first.
     ladder: Vec<f64>,
+    /// The best rung allowed (`?max_tier`).
+    top: usize,
     current: Rung,
     below_since: Option<Instant>,
     held_since: Option<Instant>,
@@ -66,9 +68,16 @@ pub struct TierChoice {
 impl TierChoice {
     /// `ladder`: each tier's video bitrate (kbit/s), best first. Starts on the top tier.
     pub fn new(ladder: Vec<u32>) -> Self {
+        Self::with_top(ladder, 0)
+    }
+
+    /// Never above rung `top` (clamped to the ladder), and starts there.
+    pub fn with_top(ladder: Vec<u32>, top: usize) -> Self {
+        let top = top.min(ladder.len().saturating_sub(1));
         Self {
             ladder: ladder.into_iter().map(f64::from).collect(),
-            current: Rung::Tier(0),
+            top,
+            current: Rung::Tier(top),
             below_since: None,
             held_since: None,
             backoff: BASE_BACKOFF,
@@ -97,7 +106,7 @@ impl TierChoice {
     /// The rung above `rung`, if any.
     fn above(&self, rung: Rung) -> Option<Rung> {
         match rung {
-            Rung::Tier(0) => None,
+            Rung::Tier(i) if i <= self.top => None,
             Rung::Tier(i) => Some(Rung::Tier(i - 1)),
             Rung::AudioOnly => {
                 (!self.ladder.is_empty()).then_some(Rung::Tier(self.ladder.len() - 1))
@@ -107,7 +116,7 @@ impl TierChoice {
 
     /// The best rung that `kbps` carries.
     fn best_for(&self, kbps: f64) -> Rung {
-        (0..self.ladder.len())
+        (self.top..self.ladder.len())
             .map(Rung::Tier)
             .find(|r| self.need(*r) <= kbps)
             .unwrap_or(Rung::AudioOnly)
@@ -230,6 +239,39 @@ mod tests {
         assert!(feed(&mut c, t0, 0.0, 30.0, 3000.0).is_empty());
         assert_eq!(c.current(), Rung::Tier(0));
         assert_eq!(c.poll_probe(), None);
+    }
+
+    #[test]
+    fn a_capped_receiver_starts_at_its_cap_and_never_climbs_past_it() {
+        let mut c = TierChoice::with_top(LADDER.to_vec(), 1);
+        assert_eq!(c.current(), Rung::Tier(1));
+        let t0 = Instant::now();
+        assert!(feed(&mut c, t0, 0.0, 30.0, 5000.0).is_empty());
+        assert_eq!(c.poll_probe(), None);
+        // Below its cap it still follows the link.
+        let moves = feed(&mut c, t0, 30.0, 3.0, 200.0);
+        assert_eq!(moves.last().map(|m| m.1), Some(Rung::Tier(2)));
+    }
+
+    #[test]
+    fn a_probe_whose_answer_is_lost_is_asked_again() {
+        let mut c = TierChoice::new(LADDER.to_vec());
+        let t0 = Instant::now();
+        feed(&mut c, t0, 0.0, 2.0, 255.0);
+        let mut asked = Vec::new();
+        let mut t = 2.0;
+        while t < 40.0 {
+            c.handle_report(t0 + s(t), 255.0, None);
+            if c.poll_probe().is_some() {
+                asked.push(t);
+            }
+            t += 0.25;
+        }
+        assert!(asked.len() >= 2, "{asked:?}");
+        assert!(
+            asked[1] - asked[0] >= PROBE_TIMEOUT.as_secs_f64(),
+            "{asked:?}"
+        );
     }
 
     #[test]

@@ -425,6 +425,7 @@ impl Driver {
         sender: RTCRtpSenderId,
         ssrc: u32,
         codec: VideoCodec,
+        tier: usize,
         frames: broadcast::Receiver<EncodedFrame>,
     ) -> Result<(), RtcError> {
         let params = video_codec_params(codec);
@@ -440,7 +441,7 @@ impl Driver {
             rtp: RtpOut::new(params, pt, ssrc),
             codec,
             frames: Some(frames),
-            tier: 0,
+            tier,
             next: None,
             need_keyframe: true,
         });

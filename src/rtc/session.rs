@@ -102,7 +102,8 @@ pub enum SessionEvent {
 
 /// The room's media for this session to send.
 pub struct SessionMedia {
-    pub video: Option<(VideoCodec, broadcast::Receiver<EncodedFrame>)>,
+    /// The codec, the ladder rung the frames are of, and the frames.
+    pub video: Option<(VideoCodec, usize, broadcast::Receiver<EncodedFrame>)>,
     pub audio: Option<mpsc::Receiver<EncodedFrame>>,
 }
 
@@ -389,11 +390,11 @@ impl PeerFactory {
             .map_err(|e| RtcError::Offer(e.to_string()))?;
 
         let video = match media.video {
-            Some((codec, frames)) => {
+            Some((codec, tier, frames)) => {
                 let (track, ssrc) =
                     local_track(RtpCodecKind::Video, video_codec_params(codec), "video");
                 let sender = pc.add_track(track).map_err(neg)?;
-                Some((sender, ssrc, codec, frames))
+                Some((sender, ssrc, codec, tier, frames))
             }
             None => None,
         };
@@ -436,8 +437,8 @@ impl PeerFactory {
                 transport: std::sync::Arc::clone(&self.transport),
             },
         );
-        if let Some((sender, ssrc, codec, frames)) = video {
-            d.send_video(sender, ssrc, codec, frames)?;
+        if let Some((sender, ssrc, codec, tier, frames)) = video {
+            d.send_video(sender, ssrc, codec, tier, frames)?;
         }
         if let Some((sender, ssrc, frames)) = audio {
             d.send_audio(sender, ssrc, frames)?;

@@ -39,6 +39,9 @@ async fn the_benchmark_harness_produces_figures() {
         // The transport scenario runs its server as `mixdown-bench --transport-server`, a
         // binary this test cannot start; `make bench` runs it.
         transport: vec![],
+        tier_room: 2,
+        // Chromium behind shaped links is the weak-link tests' (and `make bench`'s).
+        links: false,
         outputs: vec![(
             "WebM recording".into(),
             vec![OutputSpec {
@@ -82,6 +85,15 @@ async fn the_benchmark_harness_produces_figures() {
         md.contains("Server ÷ bare pipeline, 2 participants"),
         "{md}"
     );
+    // Three encodes run when the viewers are held on three tiers.
+    assert_eq!(report.tiers.len(), 3, "{md}");
+    let encodes: Vec<usize> = report
+        .tiers
+        .iter()
+        .map(|r| r.runs.first().map_or(0, |r| r.encodes))
+        .collect();
+    assert_eq!(encodes, vec![1, 2, 3], "{md}");
+    assert!(md.contains("## Encoder tiers"), "{md}");
     // The capacity probe, with its unpaced twin.
     assert!(report.unpaced[0].1.runs[0].fps > 0.0, "{md}");
     assert!(md.contains("Composite pacing, 2 participants:"), "{md}");

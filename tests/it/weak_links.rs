@@ -9,15 +9,12 @@
 
 use crate::common::client::{Client, ClientOptions};
 use crate::common::netns::NetNs;
-use crate::common::{CHROMIUM, CHROMIUM_FLAGS, TestServer, init_logging, test_config};
-use axum::routing::{get, post};
+use crate::common::{TestServer, init_logging, test_config};
 use mixdown::config::{Config, TierConfig};
 use mixdown_bench::media::load_or_generate;
-use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use mixdown_bench::weak::{ChromiumReceiver, Window, quality};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const PAGE: &str = include_str!("weak_link_page.html");
 
 fn ladder_config(ns: &NetNs) -> Config {
     let mut c = test_config();
@@ -41,158 +38,19 @@ fn ladder_config(ns: &NetNs) -> Config {
     c
 }
 
-/// Headless Chromium receiving `room` over WHEP from inside `ns`; its samples accumulate
-/// until it is dropped.
-struct Receiver {
-    samples: Arc<Mutex<Vec<Value>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    chromium: tokio::process::Child,
-    page: tokio::task::JoinHandle<std::io::Result<()>>,
-    profile: std::path::PathBuf,
+async fn receiver(server: &TestServer, room: &str, ns: &NetNs, tag: &str) -> ChromiumReceiver {
+    let r = ChromiumReceiver::start(&server.url(&format!("/whep/{room}")), ns, tag)
+        .await
+        .expect("chromium starts");
+    r.wait_decoding(Duration::from_secs(40))
+        .await
+        .expect("Chromium decodes");
+    r
 }
 
-impl Receiver {
-    async fn start(server: &TestServer, room: &str, ns: &NetNs, tag: &str) -> Self {
-        let samples: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s, st) = (Arc::clone(&samples), Arc::clone(&stop));
-        let app = axum::Router::new()
-            .route("/", get(|| async { axum::response::Html(PAGE) }))
-            .route(
-                "/report",
-                post(move |body: String| {
-                    let (s, st) = (Arc::clone(&s), Arc::clone(&st));
-                    async move {
-                        if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                            s.lock().unwrap().push(v);
-                        }
-                        if st.load(std::sync::atomic::Ordering::SeqCst) {
-                            "stop"
-                        } else {
-                            "go"
-                        }
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind((ns.host_ip, 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let page = tokio::spawn(async move { axum::serve(listener, app).await });
-        let profile =
-            std::env::temp_dir().join(format!("mixdown-weak-{tag}-{}", std::process::id()));
-        let url = format!(
-            "http://{addr}/?whep={}&report=http://{addr}/report",
-            server.url(&format!("/whep/{room}"))
-        );
-        let chromium = ns
-            .command(CHROMIUM)
-            .args(CHROMIUM_FLAGS)
-            .arg(format!(
-                "--unsafely-treat-insecure-origin-as-secure=http://{addr}"
-            ))
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromium starts");
-        Self {
-            samples,
-            stop,
-            chromium,
-            page,
-            profile,
-        }
-    }
-
-    fn samples(&self) -> Vec<Value> {
-        self.samples.lock().unwrap().clone()
-    }
-
-    /// The newest sample (panics on a page error).
-    fn last(&self) -> Option<Value> {
-        let s = self.samples();
-        if let Some(e) = s.iter().find(|v| v.get("error").is_some()) {
-            panic!("page error: {e}");
-        }
-        s.last().cloned()
-    }
-
-    /// Waits until the receiver has decoded a frame (its connection is up).
-    async fn wait_decoding(&self) {
-        let start = Instant::now();
-        loop {
-            if self
-                .last()
-                .is_some_and(|s| s["framesDecoded"].as_u64().unwrap_or(0) > 0)
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(40),
-                "Chromium decoded nothing: {:?}",
-                self.last()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = self.chromium.kill().await;
-        self.page.abort();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// What a person would have seen over the samples in `[from, to]` (page seconds).
-#[derive(Debug)]
-struct Window {
-    fps: f64,
-    /// The longest time without a new decoded frame (at the 500 ms sampling).
-    longest_stall: f64,
-    concealed: f64,
-    height: u64,
-    kbps: f64,
-}
-
-fn window(samples: &[Value], from: f64, to: f64) -> Window {
-    let s: Vec<&Value> = samples
-        .iter()
-        .filter(|v| v["t"].as_f64().is_some_and(|t| t >= from && t <= to))
-        .collect();
-    assert!(s.len() >= 4, "too few samples in {from}..{to}: {}", s.len());
-    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-    let (a, b) = (s[0], s[s.len() - 1]);
-    let dt = f(b, "t") - f(a, "t");
-    let mut longest = 0.0f64;
-    let mut since = f(a, "t");
-    for w in s.windows(2) {
-        if f(w[1], "framesDecoded") > f(w[0], "framesDecoded") {
-            since = f(w[1], "t");
-        }
-        longest = longest.max(f(w[1], "t") - since);
-    }
-    let samples_in = f(b, "audioSamples") - f(a, "audioSamples");
-    Window {
-        fps: (f(b, "framesDecoded") - f(a, "framesDecoded")) / dt,
-        longest_stall: longest,
-        concealed: if samples_in > 0.0 {
-            (f(b, "concealed") - f(a, "concealed")) / samples_in
-        } else {
-            1.0
-        },
-        height: b["height"].as_u64().unwrap_or(0),
-        kbps: (f(b, "videoBytes") - f(a, "videoBytes")) * 8.0 / 1000.0 / dt,
-    }
-}
-
-/// The page's clock now.
-fn now_t(r: &Receiver) -> f64 {
-    r.last().and_then(|s| s["t"].as_f64()).unwrap_or(0.0)
+fn window(samples: &[serde_json::Value], from: f64, to: f64) -> Window {
+    mixdown_bench::weak::window(samples, from, to)
+        .unwrap_or_else(|| panic!("too few samples in {from}..{to}"))
 }
 
 async fn sleep_s(s: f64) {
@@ -236,15 +94,6 @@ async fn room_with_publishers(
     (publishers, watcher)
 }
 
-fn chromium_quality(info: &Value, location: &str) -> Value {
-    let session = location.rsplit('/').next().unwrap_or_default();
-    info["participants"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["session"] == session))
-        .map(|p| p["quality"].clone())
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() {
     init_logging();
@@ -260,32 +109,27 @@ async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() 
     let (publishers, watcher) = room_with_publishers(&server, room, &ns).await;
     sleep_s(3.0).await;
 
-    let chromium = Receiver::start(&server, room, &ns, "300k").await;
-    chromium.wait_decoding().await;
+    let chromium = receiver(&server, room, &ns, "300k").await;
     let watcher_from = Instant::now();
     let keyframes_before = watcher.received.keyframes.lock().unwrap().len();
-    let t0 = now_t(&chromium);
+    let t0 = chromium.now();
     sleep_s(20.0).await;
     let samples = chromium.samples();
     let settled = window(&samples, t0 + 10.0, t0 + 20.0);
     tracing::info!(?settled, "300 kbit/s, last 10 s");
-    let info = server.room_info(room).await.unwrap();
-    let location = samples[0]["location"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let quality = chromium_quality(&info, &location);
+    let location = chromium.location().expect("a WHEP session");
+    let q = quality(&server.url(""), room, &location).await;
     assert!(
         settled.height > 0 && settled.height < 360,
-        "a lower tier: {settled:?}, {quality}"
+        "a lower tier: {settled:?}, {q}"
     );
     assert!(
         settled.fps >= 15.0,
-        "fps behind 300 kbit/s: {settled:?}, {quality}"
+        "fps behind 300 kbit/s: {settled:?}, {q}"
     );
     assert!(
         settled.longest_stall <= 1.0,
-        "a freeze over 1 s in the last 10 s: {settled:?}, {quality}"
+        "a freeze over 1 s in the last 10 s: {settled:?}, {q}"
     );
     assert!(settled.kbps < 300.0, "{settled:?}");
 
@@ -316,15 +160,14 @@ async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() 
     ns.shape(5000, 0.0).expect("tbf lifted");
     let lifted = Instant::now();
     loop {
-        let s = chromium.last().unwrap();
+        let s = chromium.last().unwrap().unwrap_or_default();
         if s["height"].as_u64() == Some(360) {
             break;
         }
-        let info = server.room_info(room).await.unwrap();
         assert!(
             lifted.elapsed() < Duration::from_secs(40),
             "still not back on the canvas: {s}; {}",
-            chromium_quality(&info, &location)
+            quality(&server.url(""), room, &location).await
         );
         sleep_s(0.5).await;
     }
@@ -354,11 +197,10 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
     let room = "lossy";
     let (publishers, watcher) = room_with_publishers(&server, room, &ns).await;
     sleep_s(3.0).await;
-    let chromium = Receiver::start(&server, room, &ns, "lossy").await;
-    chromium.wait_decoding().await;
+    let chromium = receiver(&server, room, &ns, "lossy").await;
     for (kbit, loss) in [(1000, 0.05), (2000, 0.20)] {
         ns.shape(kbit, loss).expect("tbf and loss");
-        let t0 = now_t(&chromium);
+        let t0 = chromium.now();
         sleep_s(15.0).await;
         let w = window(&chromium.samples(), t0 + 3.0, t0 + 15.0);
         tracing::info!(kbit, loss, ?w, "lossy link");

@@ -4,7 +4,7 @@
 //! audio.
 
 pub mod media_file;
-pub mod netns;
+pub use mixdown_bench::netns;
 pub mod webrtcbin;
 
 pub use mixdown_bench::client;
@@ -18,25 +18,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Debian's Chromium, installed by `make test`.
-pub const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Headless Chromium as a WebRTC peer on loopback: no sandbox (root), no background network,
-/// fake camera and microphone granted without a prompt, loopback candidates allowed, autoplay.
-pub const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-];
+pub use mixdown_bench::weak::{CHROMIUM, CHROMIUM_FLAGS};
 
 /// Each test server gets its own media port, so tests never share one (a closed socket's
 /// port is never reused by the next test).
