@@ -28,8 +28,29 @@ const CHART_COLORS = { in: '#4fd1c5', out: '#f6ad55' };
 
 const emptyStats = () => ({
   framesDecoded: 0, frameWidth: 0, frameHeight: 0, audioLevel: 0,
-  bitrateIn: 0, bitrateOut: 0, packetLoss: 0, rtt: 0, jitter: 0,
+  bitrateIn: 0, bitrateOut: 0, packetLoss: 0, rtt: 0, jitter: 0, quality: null,
 });
+
+// What the server says of this receiver's link: the tier it sends and its estimate
+// (`GET /api/rooms/{room}`, every few seconds).
+let serverQuality = null;
+let qualityPolled = 0;
+async function pollQuality() {
+  if (!session || !mixdown.id || performance.now() - qualityPolled < 3000) return;
+  qualityPolled = performance.now();
+  try {
+    const r = await fetch(`/api/rooms/${encodeURIComponent(session.room)}`);
+    if (!r.ok) return;
+    const info = await r.json();
+    const me = (info.participants || []).find((p) => p.session === mixdown.id);
+    serverQuality = me?.quality || null;
+  } catch { /* the next poll tries again */ }
+}
+
+function qualityText(q) {
+  if (!q) return '–';
+  return q.link_kbps != null ? `${q.label}, link ${q.link_kbps} kbit/s` : q.label;
+}
 
 const mixdown = (window.mixdown = {
   state: 'lobby', id: null, participants: [], layout: null, chat: [], errors: [],
@@ -686,6 +707,8 @@ async function pollStats() {
     s.bitrateOut = Math.max(0, Math.round(((bytesOut - lastTotals.bytesOut) * 8) / seconds / 1000));
   }
   lastTotals = { pc: p.pc, time: now, bytesIn, bytesOut };
+  await pollQuality();
+  s.quality = serverQuality;
   if (peer !== p) return;
   mixdown.stats = s;
   history.in = [...history.in, s.bitrateIn].slice(-CHART_POINTS);
@@ -701,6 +724,7 @@ function renderStats() {
     bitrateIn: `${s.bitrateIn} kbit/s`, bitrateOut: `${s.bitrateOut} kbit/s`,
     packetLoss: `${s.packetLoss.toFixed(1)} %`, rtt: `${s.rtt} ms`, jitter: `${s.jitter} ms`,
     resolution: s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : '–',
+    quality: qualityText(s.quality),
   };
   ui.stats.querySelectorAll('[data-stat]').forEach((dd) => {
     dd.textContent = known ? text[dd.dataset.stat] : '–';

@@ -613,8 +613,13 @@ impl VideoMixer {
             .map_err(|_| MixerError::MissingElement("videoscale".into()))?;
         let mut chain = vec![queue, scale];
         if t.framerate < self.settings.framerate {
+            // `skip-to-first`: a videorate added to a running pipeline otherwise counts its
+            // output from the segment's start, and passes every frame until that count
+            // catches up with the stream's time (measured: a 15 fps tier started 35 s into a
+            // room ran at 30 fps for 35 s).
             let rate = gst::ElementFactory::make("videorate")
                 .property("drop-only", true)
+                .property("skip-to-first", true)
                 .build()
                 .map_err(|_| MixerError::MissingElement("videorate".into()))?;
             chain.push(rate);

@@ -162,3 +162,17 @@ async fn cors_preflight_and_health() {
             .contains("location")
     );
 }
+
+#[tokio::test]
+async fn a_quality_cap_the_ladder_does_not_have_is_400() {
+    // The default ladder has three rungs: 0 (the canvas), 1 and 2.
+    for (path, words) in [
+        ("/whep/r?max_tier=3", "tiers 0..=2"),
+        ("/whip/r?max_tier=-1", "bad query"),
+        ("/whep/r?tier=1", "bad query"),
+    ] {
+        let (s, _, body) = send(offer(path, "application/sdp", "v=0\r\n")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}");
+        assert!(error_of(&body).contains(words), "{path}: {body}");
+    }
+}

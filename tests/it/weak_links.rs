@@ -220,3 +220,121 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
     server.stop().await;
     drop(ns);
 }
+
+/// Receivers held on each rung of the ladder by `?max_tier` (no shaping needed, so this runs
+/// without root): each decodes its tier's size and frame rate with the publishers' colours in
+/// their tiles (scaled), the room runs one encode per tier, and when the lower tiers' viewers
+/// leave, their encoders stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tier_is_its_own_size_and_rate_and_stops_when_unused() {
+    use crate::common::client::{Client, ClientOptions};
+    use crate::common::wait_for;
+    init_logging();
+    // The default ladder under the 640x360 test canvas: 640x360@30 450 kbit/s, 320x180@15.
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let room = "tiers";
+    let mut red = ClientOptions::participant(0xffff0000, 500.0);
+    red.receive = false;
+    let red = Client::join(&base, room, red).await;
+    let mut green = ClientOptions::participant(0xff00ff00, 800.0);
+    green.receive = false;
+    let green = Client::join(&base, room, green).await;
+    let mut viewers = Vec::new();
+    for tier in 0..3 {
+        let mut v = ClientOptions::viewer();
+        v.query = format!("?max_tier={tier}");
+        viewers.push(Client::join(&base, room, v).await);
+    }
+    wait_for("every viewer decodes", Duration::from_secs(30), || async {
+        viewers.iter().all(|v| v.received.frame_count() > 20)
+    })
+    .await;
+    let info = server.room_info(room).await.unwrap();
+    let encodes = info["encodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(encodes.len(), 3, "{info}");
+    let start = Instant::now();
+    let counts: Vec<usize> = viewers.iter().map(|v| v.received.frame_count()).collect();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let secs = start.elapsed().as_secs_f64();
+    for (tier, (v, before)) in viewers.iter().zip(&counts).enumerate() {
+        let (w, h, fps) = [(640, 360, 30.0), (640, 360, 30.0), (320, 180, 15.0)][tier];
+        let frame = v.received.frame().expect("a frame");
+        assert_eq!((frame.width, frame.height), (w, h), "tier {tier}");
+        let got = (v.received.frame_count() - before) as f64 / secs;
+        assert!(
+            got > fps * 0.7 && got < fps * 1.3,
+            "tier {tier}: {got:.1} fps, want about {fps}"
+        );
+        // The publishers' colours in their tiles, scaled to this tier.
+        for (c, rgb) in [(&red, [255u8, 0, 0]), (&green, [0, 255, 0])] {
+            let t = server.tile_of(room, &c.location).await.expect("tile");
+            let (sx, sy) = (w as f32 / 640.0, h as f32 / 360.0);
+            let tile = [
+                (t[0] as f32 * sx) as u32,
+                (t[1] as f32 * sy) as u32,
+                (t[2] as f32 * sx) as u32,
+                (t[3] as f32 * sy) as u32,
+            ];
+            let mean = frame.mean(tile);
+            assert!(
+                crate::common::close_to(mean, rgb, 48.0),
+                "tier {tier}: tile {tile:?} is {mean:?}, want {rgb:?}"
+            );
+        }
+    }
+    // The lowest tier's only viewer leaves and another comes: its encoder starts afresh,
+    // at the same size and rate.
+    if let Some(v) = viewers.pop() {
+        v.leave().await;
+    }
+    wait_for(
+        "the 180p encoder to stop",
+        Duration::from_secs(10),
+        || async {
+            server
+                .room_info(room)
+                .await
+                .and_then(|i| i["encodes"].as_array().map(|a| a.len()))
+                == Some(2)
+        },
+    )
+    .await;
+    let mut again = ClientOptions::viewer();
+    again.query = "?max_tier=2".into();
+    let again = Client::join(&base, room, again).await;
+    wait_for(
+        "the new 180p viewer decodes",
+        Duration::from_secs(30),
+        || async { again.received.frame_count() > 20 },
+    )
+    .await;
+    let before = again.received.frame_count();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = (again.received.frame_count() - before) as f64 / start.elapsed().as_secs_f64();
+    assert!(
+        got > 10.5 && got < 19.5,
+        "a restarted 15 fps tier: {got:.1} fps"
+    );
+    viewers.push(again);
+    for v in viewers.drain(1..) {
+        v.leave().await;
+    }
+    wait_for(
+        "the lower tiers' encoders to stop",
+        Duration::from_secs(10),
+        || async {
+            server
+                .room_info(room)
+                .await
+                .and_then(|i| i["encodes"].as_array().map(|a| a.len()))
+                == Some(1)
+        },
+    )
+    .await;
+    for c in viewers.into_iter().chain([red, green]) {
+        c.leave().await;
+    }
+    server.stop().await;
+}
