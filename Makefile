@@ -31,7 +31,8 @@ lint:
 
 # Benchmarks (issue: CPU, latency, capacity): builds release binaries, generates and caches the
 # media clips in bench/cache, runs every scenario (median of 3 runs) and writes BENCHMARKS.md
-# with bench/*.png plots. About 15 minutes on two cores (measured 15m14s).
+# with bench/*.png plots. About 30 minutes on two cores (20m36s before the tiers and weak-link
+# sections, which add about 9 minutes; the weak-link section needs root).
 bench: deps
 	bash scripts/install-deps.sh --bench
 	cargo build --release --locked -p mixdown -p mixdown-bench

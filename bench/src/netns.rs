@@ -156,6 +156,24 @@ impl NetNs {
     fn remove(&self) {
         let _ = run(&["ip", "netns", "del", &self.name]);
         let _ = run(&["ip", "link", "del", &self.links().0]);
+        // A run that was killed (no drop) leaves its link, with this link's address, under
+        // another name: two interfaces on one subnet would send this run's packets into the
+        // dead one. Remove whatever holds the address, and the namespace it leads to.
+        let Ok(out) = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+        else {
+            return;
+        };
+        let ours = format!(" {}/", self.host_ip);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(&ours)
+                && let Some(dev) = line.split_whitespace().nth(1)
+            {
+                let dev = dev.split('@').next().unwrap_or(dev);
+                let _ = run(&["ip", "link", "del", dev]);
+            }
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ChromiumReceiver {
     chromium: tokio::process::Child,
     page: tokio::task::JoinHandle<std::io::Result<()>>,
     profile: std::path::PathBuf,
+    /// Chromium's stderr, for the error when it decodes nothing.
+    log: std::path::PathBuf,
 }
 
 impl ChromiumReceiver {
@@ -80,6 +82,9 @@ impl ChromiumReceiver {
         let profile =
             std::env::temp_dir().join(format!("mixdown-weak-{tag}-{}", std::process::id()));
         let url = format!("http://{addr}/?whep={whep_url}&report=http://{addr}/report");
+        let log =
+            std::env::temp_dir().join(format!("mixdown-weak-{tag}-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log)?;
         let chromium = ns
             .command(CHROMIUM)
             .args(CHROMIUM_FLAGS)
@@ -89,7 +94,7 @@ impl ChromiumReceiver {
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(&url)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()?;
         Ok(Self {
@@ -98,6 +103,7 @@ impl ChromiumReceiver {
             chromium,
             page,
             profile,
+            log,
         })
     }
 
@@ -142,7 +148,12 @@ impl ChromiumReceiver {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                anyhow::bail!("Chromium decoded nothing in {limit:?}: {last:?}");
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                anyhow::bail!(
+                    "Chromium decoded nothing in {limit:?}: last sample {last:?}; its stderr ends: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -155,6 +166,7 @@ impl ChromiumReceiver {
         let _ = self.chromium.kill().await;
         self.page.abort();
         let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -235,6 +247,25 @@ pub async fn quality(base: &str, room: &str, location: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A receiver that decodes, with one more try: a headless Chromium that never loaded its
+/// page happened once in a dozen starts (a measurement of the link needs a receiver, not
+/// that).
+async fn decoding_receiver(whep: &str, ns: &NetNs, tag: &str) -> anyhow::Result<ChromiumReceiver> {
+    let mut last = None;
+    for attempt in 0..2 {
+        let r = ChromiumReceiver::start(whep, ns, &format!("{tag}-{attempt}")).await?;
+        match r.wait_decoding(Duration::from_secs(30)).await {
+            Ok(()) => return Ok(r),
+            Err(e) => {
+                tracing::warn!("receiver {tag}, attempt {attempt}: {e:#}");
+                last = Some(e);
+                r.stop().await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no receiver")))
+}
+
 /// One link profile's result.
 #[derive(Debug, Clone)]
 pub struct LinkResult {
@@ -299,12 +330,7 @@ pub async fn link_profiles(
     for &(kbit, loss) in PROFILES {
         // Connect on the shaped link, loss added once media flows.
         ns.shape(kbit, 0.0).map_err(|e| anyhow::anyhow!(e))?;
-        let r = ChromiumReceiver::start(&whep, &ns, &format!("{kbit}")).await?;
-        let decoding = r.wait_decoding(Duration::from_secs(30)).await;
-        if let Err(e) = decoding {
-            r.stop().await;
-            return Err(e);
-        }
+        let r = decoding_receiver(&whep, &ns, &format!("{kbit}")).await?;
         ns.shape(kbit, loss).map_err(|e| anyhow::anyhow!(e))?;
         let t0 = r.now();
         tokio::time::sleep(SETTLE + MEASURE).await;
@@ -329,8 +355,7 @@ pub async fn link_profiles(
     }
     // The climb back.
     ns.shape(300, 0.0).map_err(|e| anyhow::anyhow!(e))?;
-    let r = ChromiumReceiver::start(&whep, &ns, "climb").await?;
-    r.wait_decoding(Duration::from_secs(30)).await?;
+    let r = decoding_receiver(&whep, &ns, "climb").await?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     ns.shape(5000, 0.0).map_err(|e| anyhow::anyhow!(e))?;
     let lifted = Instant::now();

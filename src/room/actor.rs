@@ -192,6 +192,14 @@ async fn run(
     registry.live_actors.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// A receiver's tier choice over the configured ladder, capped at `max_tier`.
+fn tier_choice(video: &crate::config::VideoConfig, max_tier: usize) -> TierChoice {
+    TierChoice::with_top(
+        video.ladder().iter().map(|t| t.bitrate_kbps).collect(),
+        max_tier,
+    )
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -399,7 +407,7 @@ impl Room {
                 audio_sink,
                 receives_video: codec,
                 receives_audio,
-                tier: codec.map(|_| self.tier_choice(max_tier)),
+                tier: codec.map(|_| tier_choice(&self.registry.config.video, max_tier)),
                 link: None,
                 fec_loss: 0,
                 max_tier,
@@ -719,18 +727,7 @@ impl Room {
         p.receives_audio = receives_audio;
         p.link = None;
         let name = p.name.clone();
-        p.tier = codec.map(|_| {
-            TierChoice::with_top(
-                self.registry
-                    .config
-                    .video
-                    .ladder()
-                    .iter()
-                    .map(|t| t.bitrate_kbps)
-                    .collect(),
-                max_tier,
-            )
-        });
+        p.tier = codec.map(|_| tier_choice(&self.registry.config.video, max_tier));
         old.close().await;
         self.video.release_unused();
         let publishes = publishes_audio || publishes_video;
@@ -780,19 +777,6 @@ impl Room {
                 self.video.force_keyframe(*key);
             }
         }
-    }
-
-    fn tier_choice(&self, max_tier: usize) -> TierChoice {
-        TierChoice::with_top(
-            self.registry
-                .config
-                .video
-                .ladder()
-                .iter()
-                .map(|t| t.bitrate_kbps)
-                .collect(),
-            max_tier,
-        )
     }
 
     /// A receiver's link report: the tier choice decides, the room applies (another encode,

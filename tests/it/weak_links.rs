@@ -94,20 +94,35 @@ async fn room_with_publishers(
     (publishers, watcher)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() {
+/// A namespace `{prefix}{pid}` on 198.18.`subnet`.0/24 shaped to `kbit`, a server on its
+/// host end, and the publishers and unshaped watcher of [`room_with_publishers`], running
+/// for 3 s; `None` (the test skips) where namespaces cannot be made.
+async fn shaped_room(
+    prefix: &str,
+    subnet: u8,
+    kbit: u32,
+    room: &str,
+) -> Option<(NetNs, TestServer, Vec<Client>, Client)> {
     init_logging();
     if let Some(why) = crate::common::netns::unavailable() {
         eprintln!("SKIPPED: network namespaces unavailable here: {why}");
-        return;
+        return None;
     }
-    let ns = NetNs::create(&format!("mdwk{}", std::process::id() % 100_000), 81)
+    let ns = NetNs::create(&format!("{prefix}{}", std::process::id() % 100_000), subnet)
         .expect("test namespace");
-    ns.shape(300, 0.0).expect("tbf on the link");
+    ns.shape(kbit, 0.0).expect("tbf on the link");
     let server = TestServer::start(ladder_config(&ns)).await;
-    let room = "weak";
     let (publishers, watcher) = room_with_publishers(&server, room, &ns).await;
     sleep_s(3.0).await;
+    Some((ns, server, publishers, watcher))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() {
+    let Some((ns, server, publishers, watcher)) = shaped_room("mdwk", 81, 300, "weak").await else {
+        return;
+    };
+    let room = "weak";
 
     let chromium = receiver(&server, room, &ns, "300k").await;
     let watcher_from = Instant::now();
@@ -183,20 +198,13 @@ async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_links_keep_the_picture_and_the_audio() {
-    init_logging();
-    if let Some(why) = crate::common::netns::unavailable() {
-        eprintln!("SKIPPED: network namespaces unavailable here: {why}");
-        return;
-    }
-    let ns = NetNs::create(&format!("mdls{}", std::process::id() % 100_000), 82)
-        .expect("test namespace");
     // Chromium connects over a clean 1 Mbit/s link; the loss comes once media flows (a
     // handshake under 20 % loss tests DTLS's retransmission timers, not this).
-    ns.shape(1000, 0.0).expect("tbf");
-    let server = TestServer::start(ladder_config(&ns)).await;
+    let Some((ns, server, publishers, watcher)) = shaped_room("mdls", 82, 1000, "lossy").await
+    else {
+        return;
+    };
     let room = "lossy";
-    let (publishers, watcher) = room_with_publishers(&server, room, &ns).await;
-    sleep_s(3.0).await;
     let chromium = receiver(&server, room, &ns, "lossy").await;
     for (kbit, loss) in [(1000, 0.05), (2000, 0.20)] {
         ns.shape(kbit, loss).expect("tbf and loss");
