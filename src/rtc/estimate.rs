@@ -245,25 +245,32 @@ impl LinkEstimator {
             .iter()
             .map(|(_, d)| *d)
             .fold(f64::INFINITY, f64::min);
-        let recent: Vec<f64> = self
-            .samples
-            .iter()
-            .filter(|s| latest.saturating_duration_since(s.departure) <= RECENT)
-            .filter_map(|s| s.owd_ms)
-            .collect();
-        if !recent.is_empty() && base.is_finite() {
-            self.queue_ms = recent.iter().map(|d| d - base).sum::<f64>() / recent.len() as f64;
+        // One pass over the history (per feedback batch, so nothing is collected).
+        let (mut delay_sum, mut delays, mut lost, mut total) = (0.0, 0usize, 0usize, 0usize);
+        for s in &self.samples {
+            let age = latest.saturating_duration_since(s.departure);
+            if age <= RECENT
+                && let Some(d) = s.owd_ms
+            {
+                delay_sum += d;
+                delays += 1;
+            }
+            if age <= RATE_WINDOW {
+                total += 1;
+                lost += usize::from(s.arrival_ms.is_none());
+            }
         }
-        let window: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| latest.saturating_duration_since(s.departure) <= RATE_WINDOW)
-            .collect();
-        if window.len() >= 10 {
-            let lost = window.iter().filter(|s| s.arrival_ms.is_none()).count();
-            self.loss = lost as f64 / window.len() as f64;
+        if delays > 0 && base.is_finite() {
+            self.queue_ms = delay_sum / delays as f64 - base;
         }
-        self.delivered = delivery_rate(window.iter().copied());
+        if total >= 10 {
+            self.loss = lost as f64 / total as f64;
+        }
+        self.delivered = delivery_rate(
+            self.samples
+                .iter()
+                .filter(|s| latest.saturating_duration_since(s.departure) <= RATE_WINDOW),
+        );
     }
 
     fn decide(&mut self, now: Instant, latest: Instant) {

@@ -24,6 +24,7 @@ use ::rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rand::distr::{Alphanumeric, SampleString};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -248,8 +249,6 @@ impl SharedEstimator {
     }
 }
 
-/// Packets of one feedback batch checked for copies (a batch covers ~100 ms).
-const MAX_COPY_KEYS: usize = 512;
 /// The lowest the estimate goes: below this only audio flows anyway.
 const MIN_ESTIMATE_BPS: f64 = 30_000.0;
 
@@ -259,19 +258,17 @@ impl ::rtc::interceptor::BandwidthEstimator for SharedEstimator {
         // either did: the receiver discards the second copy as a replay, which its feedback
         // reports as a loss the path never had.
         let mut acks: Vec<Ack> = Vec::with_capacity(reports.len());
-        let mut seen: Vec<((u32, u16), usize)> = Vec::new();
+        let mut seen: HashMap<(u32, u16), usize> = HashMap::with_capacity(reports.len());
         for r in reports {
             let arrival = if r.arrived { r.arrival } else { None };
             let key = (r.ssrc, r.rtp_sequence_number);
-            if let Some(&(_, i)) = seen.iter().find(|(k, _)| *k == key) {
+            if let Some(&i) = seen.get(&key) {
                 if acks[i].arrival.is_none() {
                     acks[i].arrival = arrival;
                 }
                 continue;
             }
-            if seen.len() < MAX_COPY_KEYS {
-                seen.push((key, acks.len()));
-            }
+            seen.insert(key, acks.len());
             acks.push(Ack {
                 departure: r.departure,
                 arrival,

@@ -229,6 +229,14 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
     drop(ns);
 }
 
+/// How many composite encodes the room runs now.
+async fn encodes(server: &TestServer, room: &str) -> Option<usize> {
+    server
+        .room_info(room)
+        .await
+        .and_then(|i| i["encodes"].as_array().map(|a| a.len()))
+}
+
 /// Receivers held on each rung of the ladder by `?max_tier` (no shaping needed, so this runs
 /// without root): each decodes its tier's size and frame rate with the publishers' colours in
 /// their tiles (scaled), the room runs one encode per tier, and when the lower tiers' viewers
@@ -258,9 +266,7 @@ async fn each_tier_is_its_own_size_and_rate_and_stops_when_unused() {
         viewers.iter().all(|v| v.received.frame_count() > 20)
     })
     .await;
-    let info = server.room_info(room).await.unwrap();
-    let encodes = info["encodes"].as_array().cloned().unwrap_or_default();
-    assert_eq!(encodes.len(), 3, "{info}");
+    assert_eq!(encodes(&server, room).await, Some(3));
     let start = Instant::now();
     let counts: Vec<usize> = viewers.iter().map(|v| v.received.frame_count()).collect();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -299,13 +305,7 @@ async fn each_tier_is_its_own_size_and_rate_and_stops_when_unused() {
     wait_for(
         "the 180p encoder to stop",
         Duration::from_secs(10),
-        || async {
-            server
-                .room_info(room)
-                .await
-                .and_then(|i| i["encodes"].as_array().map(|a| a.len()))
-                == Some(2)
-        },
+        || async { encodes(&server, room).await == Some(2) },
     )
     .await;
     let mut again = ClientOptions::viewer();
@@ -332,13 +332,7 @@ async fn each_tier_is_its_own_size_and_rate_and_stops_when_unused() {
     wait_for(
         "the lower tiers' encoders to stop",
         Duration::from_secs(10),
-        || async {
-            server
-                .room_info(room)
-                .await
-                .and_then(|i| i["encodes"].as_array().map(|a| a.len()))
-                == Some(1)
-        },
+        || async { encodes(&server, room).await == Some(1) },
     )
     .await;
     for c in viewers.into_iter().chain([red, green]) {
