@@ -27,7 +27,13 @@ pub const DEFAULT_KEYFRAME_INTERVAL_S: u32 = 10;
 pub const DEFAULT_PACING_MARGIN_MS: u32 = 15;
 pub const DEFAULT_AUDIO_BITRATE_KBPS: u32 = 32;
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 20;
-pub const DEFAULT_MAX_PARTICIPANTS: usize = 25;
+pub const DEFAULT_MAX_PARTICIPANTS: usize = 100;
+/// The most participants a room may be configured for.
+pub const MAX_PARTICIPANTS: usize = 1000;
+/// Publishers on screen at most (the rest are not decoded).
+pub const DEFAULT_MAX_TILES: usize = 16;
+/// Voices in the audio mix at most (the rest are not decoded).
+pub const DEFAULT_MAX_SPEAKERS: usize = 3;
 pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
 /// Relative paths are resolved against the working directory (the repository for `make run`).
 pub const DEFAULT_RECORDING_DIR: &str = "recordings";
@@ -155,6 +161,8 @@ pub struct VideoConfig {
     /// Lower-quality encodes of the same composite, best first, for receivers whose link
     /// cannot carry the canvas (the canvas itself is the top tier). At most two.
     pub tiers: Vec<TierConfig>,
+    /// Publishers on screen at most; the others are neither shown nor decoded.
+    pub max_tiles: usize,
 }
 
 /// One rung of the encoder ladder below the canvas.
@@ -204,6 +212,8 @@ impl VideoConfig {
 pub struct AudioConfig {
     pub bitrate_kbps: u32,
     pub jitter_ms: u32,
+    /// Voices in the mix at most (the loudest); the others are not decoded.
+    pub max_speakers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -258,6 +268,7 @@ impl Default for VideoConfig {
             // rarely serves alone) and every browser decodes it.
             send_codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
             tiers: DEFAULT_TIERS.to_vec(),
+            max_tiles: DEFAULT_MAX_TILES,
         }
     }
 }
@@ -267,6 +278,7 @@ impl Default for AudioConfig {
         Self {
             bitrate_kbps: DEFAULT_AUDIO_BITRATE_KBPS,
             jitter_ms: DEFAULT_AUDIO_JITTER_MS,
+            max_speakers: DEFAULT_MAX_SPEAKERS,
         }
     }
 }
@@ -444,9 +456,22 @@ impl Config {
             }
         }
         check(
-            (1..=100).contains(&self.room.max_participants),
+            (1..=MAX_PARTICIPANTS).contains(&self.room.max_participants),
             "room.max_participants",
-            format!("{} must be within 1..=100", self.room.max_participants),
+            format!(
+                "{} must be within 1..={MAX_PARTICIPANTS}",
+                self.room.max_participants
+            ),
+        )?;
+        check(
+            (1..=100).contains(&v.max_tiles),
+            "video.max_tiles",
+            format!("{} must be within 1..=100", v.max_tiles),
+        )?;
+        check(
+            (1..=16).contains(&a.max_speakers),
+            "audio.max_speakers",
+            format!("{} must be within 1..=16", a.max_speakers),
         )?;
         check(
             (1..=30).contains(&self.hls.segment_s),

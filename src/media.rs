@@ -2,6 +2,7 @@
 //! Nothing here imports GStreamer or webrtc-rs, so every plane can name these types.
 
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -103,9 +104,65 @@ pub const LINK_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 /// Implementations never block: when their queue is full they drop the packet.
 pub trait RtpSink: Send + Sync + 'static {
     fn push_rtp(&self, packet: Bytes);
+
+    /// An audio packet with the level its sender measured (RFC 6464 audio-level extension,
+    /// -dBov, 0..=127), when it carried one. Sinks that do not use levels ignore it.
+    fn push_audio(&self, packet: Bytes, level: Option<u8>) {
+        let _ = level;
+        self.push_rtp(packet);
+    }
 }
 
 pub type SharedRtpSink = Arc<dyn RtpSink>;
+
+/// A publisher's video on its way to a decoder that exists only while the publisher is
+/// visible: packets pass while a decoder is attached, and are dropped (and counted) before
+/// any jitter buffer or decoder otherwise. The room opens and closes it.
+#[derive(Default)]
+pub struct VideoGate {
+    decoder: std::sync::RwLock<Option<SharedRtpSink>>,
+    passed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl VideoGate {
+    /// Sends packets to `decoder` from now on.
+    pub fn open(&self, decoder: SharedRtpSink) {
+        if let Ok(mut d) = self.decoder.write() {
+            *d = Some(decoder);
+        }
+    }
+
+    /// Drops packets from now on.
+    pub fn close(&self) {
+        if let Ok(mut d) = self.decoder.write() {
+            *d = None;
+        }
+    }
+
+    /// Packets that reached a decoder, and packets dropped before one.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.passed.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl RtpSink for VideoGate {
+    fn push_rtp(&self, packet: Bytes) {
+        let decoder = self.decoder.read().ok().and_then(|d| d.clone());
+        match decoder {
+            Some(d) => {
+                self.passed.fetch_add(1, Ordering::Relaxed);
+                d.push_rtp(packet);
+            }
+            None => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// Keyframe requests from one publisher's decoder waiting for its session (a flag, in effect:
 /// a request while one is queued adds nothing).
@@ -183,6 +240,27 @@ mod tests {
         p.extend_from_slice(&[0, 0, 3]); // three bytes of padding
         let v = parse_rtp(&p).unwrap();
         assert_eq!(v.payload, b"data");
+    }
+
+    struct Count(AtomicU64);
+    impl RtpSink for Count {
+        fn push_rtp(&self, _: Bytes) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_closed_gate_drops_and_counts_an_open_one_forwards() {
+        let gate = VideoGate::default();
+        let decoder = Arc::new(Count(AtomicU64::new(0)));
+        gate.push_rtp(Bytes::from_static(b"x"));
+        gate.open(decoder.clone());
+        gate.push_rtp(Bytes::from_static(b"x"));
+        gate.push_rtp(Bytes::from_static(b"x"));
+        gate.close();
+        gate.push_rtp(Bytes::from_static(b"x"));
+        assert_eq!(gate.counts(), (2, 2));
+        assert_eq!(decoder.0.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -280,6 +280,10 @@ pub enum ServerMessage {
     Layout {
         width: u32,
         height: u32,
+        /// `grid`, `speaker` or `custom`.
+        mode: String,
+        /// Pinned participants' ids.
+        pinned: Vec<String>,
         tiles: Vec<TileInfo>,
     },
     Chat {

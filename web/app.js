@@ -14,6 +14,7 @@ const ui = {
   watchLink: $('watch-link'),
   room: $('room'), composite: $('composite'), overlay: $('overlay'), unmute: $('unmute'),
   muteAudio: $('mute-audio'), muteVideo: $('mute-video'), leave: $('leave'),
+  layoutGrid: $('layout-grid'), layoutSpeaker: $('layout-speaker'),
   participants: $('participants'), participantCount: $('participant-count'),
   chatMessages: $('chat-messages'), chatForm: $('chat-form'), chatInput: $('chat-input'),
   stats: $('stats'), chart: $('stats-chart'),
@@ -55,7 +56,7 @@ function qualityText(q) {
 const mixdown = (window.mixdown = {
   state: 'lobby', id: null, participants: [], layout: null, chat: [], errors: [],
   stats: emptyStats(),
-  sendChat, setMuted, leave,
+  sendChat, setMuted, leave, setLayoutMode, togglePin,
 });
 
 let codecError = null;       // why this browser cannot take part, if it cannot
@@ -580,23 +581,69 @@ function setSpeaking(id, speaking) {
   ui.overlay.querySelector(`.tile[data-id="${CSS.escape(id)}"]`)?.classList.toggle('speaking', !!speaking);
 }
 
+// Speaking first, then pinned, then on screen, then the rest, each group in join order: in a
+// room of a hundred the people that matter now are at the top of a list that scrolls.
 function renderParticipants() {
   const list = mixdown.participants;
+  const pinned = mixdown.layout?.pinned || [];
+  const onScreen = new Set((mixdown.layout?.tiles || []).map((t) => t.id));
+  const rank = (p) => (p.speaking ? 0 : pinned.includes(p.id) ? 1 : onScreen.has(p.id) ? 2 : 3);
+  const order = list.map((p, i) => [rank(p), i, p]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   ui.participantCount.textContent = list.length ? `(${list.length})` : '';
-  ui.participants.replaceChildren(...list.map((p) => {
-    const li = el('li', { 'data-id': p.id },
+  ui.participants.replaceChildren(...order.map(([, , p]) => {
+    const isPinned = pinned.includes(p.id);
+    const li = el('li', { 'data-id': p.id, class: onScreen.has(p.id) ? 'on-screen' : 'off-screen' },
       el('span', { class: `speaking-indicator${p.speaking ? ' on' : ''}`, role: 'img', 'aria-label': p.speaking ? 'speaking' : 'silent' }),
       el('span', { class: 'name' }, p.name));
     if (p.id === mixdown.id) li.append(el('span', { class: 'you' }, '(you)'));
     if (p.audio_muted || p.publishes_audio === false) li.append(el('span', { class: 'badge mic-off', title: 'microphone off' }, 'mic off'));
     if (p.video_muted || p.publishes_video === false) li.append(el('span', { class: 'badge cam-off', title: 'camera off' }, 'cam off'));
+    const pin = el('button', { type: 'button', class: 'secondary pin', 'aria-pressed': String(isPinned),
+      title: isPinned ? 'Unpin for everyone' : 'Pin on screen for everyone' }, isPinned ? 'Unpin' : 'Pin');
+    pin.addEventListener('click', () => togglePin(p.id));
+    li.append(pin);
     return li;
   }));
 }
 
 function setLayout(msg) {
-  mixdown.layout = { width: msg.width, height: msg.height, tiles: msg.tiles || [] };
+  mixdown.layout = {
+    width: msg.width, height: msg.height, tiles: msg.tiles || [],
+    mode: msg.mode || 'grid', pinned: msg.pinned || [],
+  };
+  ui.layoutGrid.setAttribute('aria-pressed', String(mixdown.layout.mode === 'grid'));
+  ui.layoutSpeaker.setAttribute('aria-pressed', String(mixdown.layout.mode === 'speaker'));
   renderOverlay();
+  renderParticipants();
+}
+
+// The layout is the room's (everyone sees the same composite): PUT /api/rooms/{room}/layout.
+async function putLayout(body) {
+  if (!session) return false;
+  try {
+    const r = await fetch(`/api/rooms/${encodeURIComponent(session.room)}/layout`, {
+      method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    });
+    if (!r.ok) {
+      const e = await r.json().catch(() => ({}));
+      showError('layout', `Could not change the layout: ${e.error || r.status}`);
+      return false;
+    }
+    clearError((code) => code === 'layout');
+    return true;
+  } catch {
+    showError('layout', 'Could not change the layout: the server is unreachable');
+    return false;
+  }
+}
+
+function setLayoutMode(mode) {
+  return putLayout({ mode });
+}
+
+function togglePin(id) {
+  const pinned = mixdown.layout?.pinned || [];
+  return putLayout({ pin: pinned.includes(id) ? pinned.filter((p) => p !== id) : [...pinned, id] });
 }
 
 // One positioned box per tile (fractions of the composite) with the name label; your own
@@ -785,6 +832,8 @@ function init() {
   ui.muteAudio.addEventListener('click', () => setMuted({ audio: !isOff('audio') }));
   ui.muteVideo.addEventListener('click', () => setMuted({ video: !isOff('video') }));
   ui.leave.addEventListener('click', leave);
+  ui.layoutGrid.addEventListener('click', () => setLayoutMode('grid'));
+  ui.layoutSpeaker.addEventListener('click', () => setLayoutMode('speaker'));
   ui.unmute.addEventListener('click', () => {
     ui.composite.muted = false;
     ui.composite.play().catch(() => {});

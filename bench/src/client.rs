@@ -21,6 +21,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::shared::marshal::Marshal;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -66,7 +67,14 @@ pub struct ClientOptions {
     pub bind_ip: std::net::IpAddr,
     /// Appended to the WHIP/WHEP URL (`?max_tier=1`).
     pub query: String,
+    /// The tone's amplitude (an `f32`'s bits), changeable while the client runs.
+    pub amplitude: Arc<AtomicU32>,
+    /// Send the RFC 6464 audio-level extension in every audio packet, as browsers do.
+    pub audio_level: bool,
 }
+
+/// The tone's amplitude unless set otherwise (about -13 dBFS RMS).
+pub const DEFAULT_AMPLITUDE: f32 = 0.3;
 
 impl ClientOptions {
     pub fn participant(colour: u32, tone_hz: f32) -> Self {
@@ -86,6 +94,8 @@ impl ClientOptions {
             audio_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             query: String::new(),
+            amplitude: Arc::new(AtomicU32::new(DEFAULT_AMPLITUDE.to_bits())),
+            audio_level: true,
         }
     }
 
@@ -106,8 +116,28 @@ impl ClientOptions {
             audio_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             query: String::new(),
+            amplitude: Arc::new(AtomicU32::new(DEFAULT_AMPLITUDE.to_bits())),
+            audio_level: true,
         }
     }
+
+    /// Sets the tone's amplitude now (also while the client runs).
+    pub fn set_amplitude(&self, a: f32) {
+        self.amplitude.store(a.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// The audio-level extension of one packet (`level`: -dBov), or none when not sent.
+fn level_extension(send: bool, level: u8) -> Vec<rtc::rtp::extension::HeaderExtension> {
+    use rtc::rtp::extension::HeaderExtension;
+    use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+    if !send {
+        return Vec::new();
+    }
+    vec![HeaderExtension::AudioLevel(AudioLevelExtension {
+        level,
+        voice: level < 50,
+    })]
 }
 
 /// When a colour change was handed to the transport, and the colour it changed to.
@@ -514,6 +544,17 @@ impl Client {
                 )
                 .unwrap();
         }
+        if opts.audio_level {
+            engine
+                .register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: mixdown::rtc::AUDIO_LEVEL_URI.to_owned(),
+                    },
+                    RtpCodecKind::Audio,
+                    None,
+                )
+                .unwrap();
+        }
         let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
         let received = Arc::new(Received::default());
         let pipelines = Arc::new(Mutex::new(Vec::new()));
@@ -644,6 +685,7 @@ impl Client {
                     _ => (clips.speech.clone(), None, Some(audio_marks.clone())),
                 };
                 let marked = opts.clip_markers || kind == "video";
+                let levels = opts.audio_level && kind == "audio";
                 tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(clip.frame_duration);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -661,7 +703,7 @@ impl Client {
                                 ssrc,
                                 pt,
                                 &sample(frame.data.clone(), clip.frame_duration),
-                                &[],
+                                &level_extension(levels, frame.level),
                             )
                             .await;
                         if frame.marker && i > 0 {
@@ -719,6 +761,8 @@ impl Client {
                 let hz = opts.tone_hz.unwrap();
                 let markers = opts.marker_colour.is_some();
                 let marks = audio_marks.clone();
+                let gain = opts.amplitude.clone();
+                let levels = opts.audio_level;
                 tasks.push(tokio::spawn(async move {
                     let mut enc =
                         opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Audio)
@@ -731,7 +775,7 @@ impl Client {
                         let frame = phase / 960;
                         // Markers: 2 loud frames out of every 25 (40 ms every 500 ms).
                         let amplitude = match (markers, frame % 25) {
-                            (false, _) => 0.3,
+                            (false, _) => f32::from_bits(gain.load(Ordering::Relaxed)),
                             (true, 0 | 1) => 0.5,
                             (true, _) => 0.0,
                         };
@@ -751,7 +795,7 @@ impl Client {
                                     Bytes::copy_from_slice(&out[..n]),
                                     Duration::from_millis(20),
                                 ),
-                                &[],
+                                &level_extension(levels, crate::media::audio_level(&pcm)),
                             )
                             .await;
                         if markers && frame.is_multiple_of(25) && frame > 0 {

@@ -74,6 +74,29 @@ impl ClipCodec {
 pub struct ClipFrame {
     pub data: Bytes,
     pub marker: bool,
+    /// Audio: the frame's level as RFC 6464 sends it (-dBov, 127 is silence), measured once
+    /// at load, so the generator can send the audio-level extension as a browser does.
+    pub level: u8,
+}
+
+/// RFC 6464's level (-dBov, 0..=127) of PCM in [-1, 1].
+pub fn audio_level(pcm: &[f32]) -> u8 {
+    let rms = (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len().max(1) as f32).sqrt();
+    if rms <= 0.0 {
+        return 127;
+    }
+    (-20.0 * rms.log10()).round().clamp(0.0, 127.0) as u8
+}
+
+/// Sets each Opus frame's level by decoding it once.
+fn measure_levels(clip: &mut Clip) -> anyhow::Result<()> {
+    let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono)?;
+    let mut pcm = vec![0f32; 5760];
+    for f in &mut clip.frames {
+        let n = dec.decode_float(&f.data, &mut pcm, false)?;
+        f.level = audio_level(&pcm[..n]);
+    }
+    Ok(())
 }
 
 /// A looping clip of encoded frames of equal duration.
@@ -103,6 +126,7 @@ fn silence() -> anyhow::Result<Clip> {
             Ok(ClipFrame {
                 data: Bytes::copy_from_slice(&out[..n]),
                 marker: false,
+                level: 127,
             })
         })
         .collect::<Result<Vec<_>, opus::Error>>()?;
@@ -280,6 +304,7 @@ fn load(path: &Path, demux: &str, every: u64, frame_duration: Duration) -> anyho
             frames.push(ClipFrame {
                 data: Bytes::copy_from_slice(&map),
                 marker: index.is_multiple_of(every),
+                level: 127,
             });
         }
     }
@@ -328,6 +353,7 @@ pub fn load_or_generate(cache: &Path, seconds: u64) -> anyhow::Result<Clips> {
     for (i, f) in speech.frames.iter_mut().enumerate() {
         f.marker = (i as u64).is_multiple_of(AUDIO_MARK_EVERY);
     }
+    measure_levels(&mut speech)?;
     Ok(Clips {
         vp8,
         h264,

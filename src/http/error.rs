@@ -71,7 +71,7 @@ impl From<RoomError> for ApiError {
         match e {
             RoomError::Full { .. } | RoomError::Closed(_) => ApiError::Unavailable(e.to_string()),
             RoomError::UnknownSession { .. } => ApiError::NotFound(e.to_string()),
-            RoomError::NothingToDo => ApiError::BadRequest(e.to_string()),
+            RoomError::NothingToDo | RoomError::BadLayout(_) => ApiError::BadRequest(e.to_string()),
             RoomError::Rtc(RtcError::Offer(msg)) => {
                 ApiError::BadRequest(format!("the offer could not be applied: {msg}"))
             }

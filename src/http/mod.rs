@@ -5,6 +5,7 @@
 //! touches media.
 
 mod error;
+mod layout;
 mod outputs;
 mod web;
 mod ws;
@@ -34,7 +35,13 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
@@ -48,6 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{room}", post(whep))
         .route("/whep/{room}/{session}", axum::routing::delete(end_session))
         .route("/api/rooms/{room}", get(room_info))
+        .route(
+            "/api/rooms/{room}/layout",
+            get(layout::get_layout).put(layout::put_layout),
+        )
         .route(
             "/api/rooms/{room}/recordings",
             get(outputs::list_recordings).post(outputs::start_recording),

@@ -1,26 +1,34 @@
-//! The room's audio mixer: one tokio task that decodes every publisher's Opus, sums one 20 ms
-//! frame per tick, and encodes one mix per distinct audience: each publisher who is speaking
-//! gets the mix without their own voice (mix-minus, its own encoder); everyone else (silent
-//! publishers, viewers, video-only publishers) shares a single encode of the full mix, which
-//! for a silent publisher is the same sound.
+//! The room's audio mixer: one tokio task that sums one 20 ms frame per tick from at most
+//! `max_speakers` sources (the loudest, chosen by [`crate::room::speakers`]) and encodes one
+//! mix per distinct audience: each publisher whose voice is in the mix gets the mix without
+//! it (mix-minus, its own encoder); everyone else (silent publishers, viewers, video-only
+//! publishers) shares a single encode of the full mix, which for them is the same sound.
+//!
+//! Levels come from the RFC 6464 audio-level header extension browsers put in every packet,
+//! so a source outside the mix is **not decoded**: its packets only update its level and
+//! sequence number. A source that sends no level is decoded to measure it. Entering or leaving
+//! the mix fades over two frames ([`dsp::fade`]).
 //!
 //! It never blocks on a listener: a full listener queue drops that listener's frame.
 
 use crate::ids::SessionId;
 use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, parse_rtp};
 use crate::mixer::dsp::{
-    FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, VoiceActivity, mix_minus, rms,
+    self, FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, VoiceActivity, mix_minus,
+    rms,
 };
+use crate::room::speakers::{SpeakerSelector, rms_dbov};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Packets from all sources of a room waiting for the mixer (about 1 s of 25 speakers). When
-/// full, new packets are dropped; the decoder conceals the loss.
-pub const PACKET_QUEUE: usize = 1024;
+/// Packets from all sources of a room waiting for the mixer (about 400 ms of a hundred
+/// publishers). When full, new packets are dropped; the decoder conceals the loss.
+pub const PACKET_QUEUE: usize = 2048;
 /// Control messages (joins, leaves): senders wait when it is full.
 pub const CONTROL_QUEUE: usize = 64;
 /// Encoded frames per listener (320 ms). When full, the listener misses that frame.
@@ -57,42 +65,77 @@ pub enum AudioError {
 /// Owned by the room actor. Dropping it (or [`shutdown`](Self::shutdown)) ends the task.
 pub struct AudioMixerHandle {
     control: mpsc::Sender<Control>,
-    packets: mpsc::Sender<(SessionId, Bytes)>,
+    packets: mpsc::Sender<Packet>,
+    decoding: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
+/// One audio packet from a source, with the level its sender measured (RFC 6464: -dBov).
+type Packet = (SessionId, Bytes, Option<u8>);
+
 struct SourceSink {
     id: SessionId,
-    packets: mpsc::Sender<(SessionId, Bytes)>,
+    packets: mpsc::Sender<Packet>,
 }
 
 impl RtpSink for SourceSink {
     fn push_rtp(&self, packet: Bytes) {
-        if self.packets.try_send((self.id, packet)).is_err() {
+        self.push_audio(packet, None);
+    }
+
+    fn push_audio(&self, packet: Bytes, level: Option<u8>) {
+        if self.packets.try_send((self.id, packet, level)).is_err() {
             tracing::trace!(session = %self.id, "audio packet dropped: mixer queue full");
         }
     }
 }
 
-/// Speaking changes waiting for the room (each is a flip of one source's state).
-pub const SPEAKING_QUEUE: usize = 64;
+/// What the mixer tells the room: a source started or stopped speaking, or entered or left
+/// the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioEvent {
+    Speaking(SessionId, bool),
+    Mixed(SessionId, bool),
+}
+
+/// Audio events waiting for the room (each is a flip of one source's state; a hundred
+/// publishers starting at once fit). When full, a flip is lost and the next one corrects it.
+pub const AUDIO_EVENT_QUEUE: usize = 256;
+
+/// What the mixer does, for the room's info and the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AudioSettings {
+    pub bitrate_kbps: u32,
+    pub jitter_ms: u32,
+    /// Sources in the mix at most.
+    pub max_speakers: usize,
+}
 
 impl AudioMixerHandle {
-    /// `speaking` receives `(source, speaking)` whenever a source starts or stops speaking.
-    pub fn spawn(
-        bitrate_kbps: u32,
-        jitter_ms: u32,
-        speaking: mpsc::Sender<(SessionId, bool)>,
-    ) -> Self {
+    /// `events` receives every speaking and mix change of a source.
+    pub fn spawn(settings: AudioSettings, events: mpsc::Sender<AudioEvent>) -> Self {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (packets, packets_rx) = mpsc::channel(PACKET_QUEUE);
-        let target = (SAMPLE_RATE * jitter_ms / 1000) as usize;
-        let task = tokio::spawn(run(control_rx, packets_rx, bitrate_kbps, target, speaking));
+        let decoding = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(
+            control_rx,
+            packets_rx,
+            settings,
+            events,
+            Arc::clone(&decoding),
+        ));
         Self {
             control,
             packets,
+            decoding,
             task,
         }
+    }
+
+    /// Sources whose packets are being decoded now (those in the mix, fading out, or sending
+    /// no level).
+    pub fn decoding(&self) -> usize {
+        self.decoding.load(Ordering::Relaxed)
     }
 
     /// Registers a publisher and returns where its RTP goes.
@@ -143,10 +186,27 @@ struct Source {
     decoder: opus::Decoder,
     seq: SeqTracker,
     fifo: SourceFifo,
+    /// This tick's frame, scaled by the source's gain.
     frame: Vec<f32>,
     active: bool,
     voice: VoiceActivity,
     speaking: bool,
+    /// Its packets carry the sender's level: it is decoded only while in the mix.
+    has_level: bool,
+    /// Its packets are being decoded.
+    decoding: bool,
+    /// Its gain in the mix now, and where the gain is going (1 in the mix, 0 out).
+    gain: f32,
+    target: f32,
+    /// The latest level reading (RMS) since the last tick, for voice activity.
+    reading: Option<f32>,
+}
+
+impl Source {
+    /// Decoded or not, its audio counts in the mix.
+    fn audible(&self) -> bool {
+        self.gain > 0.0 || self.target > 0.0
+    }
 }
 
 struct Listener {
@@ -162,7 +222,9 @@ struct Listener {
 }
 
 struct Mixer {
-    speaking_tx: mpsc::Sender<(SessionId, bool)>,
+    events: mpsc::Sender<AudioEvent>,
+    selector: SpeakerSelector,
+    decoding: Arc<AtomicUsize>,
     bitrate_kbps: u32,
     target: usize,
     sources: HashMap<SessionId, Source>,
@@ -206,8 +268,14 @@ impl Mixer {
                             active: false,
                             voice: VoiceActivity::default(),
                             speaking: false,
+                            has_level: false,
+                            decoding: false,
+                            gain: 0.0,
+                            target: 0.0,
+                            reading: None,
                         },
                     );
+                    self.selector.handle_add(id);
                     if let Some(l) = self.listeners.get_mut(&id) {
                         l.encoder = new_encoder(self.bitrate_kbps, l.loss).ok();
                     }
@@ -215,7 +283,15 @@ impl Mixer {
                 Err(e) => tracing::error!(session = %id, "opus decoder: {e}"),
             },
             Control::RemoveSource(id) => {
-                self.sources.remove(&id);
+                if let Some(s) = self.sources.remove(&id) {
+                    if s.speaking {
+                        let _ = self.events.try_send(AudioEvent::Speaking(id, false));
+                    }
+                    if self.selector.in_mix(id) {
+                        let _ = self.events.try_send(AudioEvent::Mixed(id, false));
+                    }
+                }
+                self.selector.handle_remove(id);
             }
             Control::AddListener { id, tx } => {
                 let encoder = if self.sources.contains_key(&id) {
@@ -264,7 +340,7 @@ impl Mixer {
         }
     }
 
-    fn handle_packet(&mut self, id: SessionId, packet: &[u8]) {
+    fn handle_packet(&mut self, now: Instant, id: SessionId, packet: &[u8], level: Option<u8>) {
         let Some(source) = self.sources.get_mut(&id) else {
             return;
         };
@@ -272,17 +348,27 @@ impl Mixer {
             tracing::trace!(session = %id, "malformed audio RTP dropped");
             return;
         };
-        match source.seq.handle(rtp.sequence) {
-            SeqVerdict::Late => return,
-            SeqVerdict::Gap(n) => {
-                for _ in 0..n.min(MAX_CONCEALED) {
-                    let buf = &mut self.decoded[..FRAME_SAMPLES];
-                    if let Ok(got) = source.decoder.decode_float(&[], buf, false) {
-                        source.fifo.push(&buf[..got]);
-                    }
+        let verdict = source.seq.handle(rtp.sequence);
+        if verdict == SeqVerdict::Late {
+            return;
+        }
+        source.has_level = level.is_some();
+        if let Some(l) = level {
+            let dbov = -f32::from(l.min(127));
+            self.selector.handle_level(now, id, dbov);
+            source.reading = Some(10f32.powf(dbov / 20.0));
+        }
+        // A source with a level outside the mix is not decoded at all.
+        if source.has_level && !source.decoding {
+            return;
+        }
+        if let SeqVerdict::Gap(n) = verdict {
+            for _ in 0..n.min(MAX_CONCEALED) {
+                let buf = &mut self.decoded[..FRAME_SAMPLES];
+                if let Ok(got) = source.decoder.decode_float(&[], buf, false) {
+                    source.fifo.push(&buf[..got]);
                 }
             }
-            SeqVerdict::InOrder => {}
         }
         if rtp.payload.is_empty() {
             return;
@@ -291,31 +377,83 @@ impl Mixer {
             .decoder
             .decode_float(rtp.payload, &mut self.decoded, false)
         {
-            Ok(got) => source.fifo.push(&self.decoded[..got]),
+            Ok(got) => {
+                let pcm = &self.decoded[..got];
+                source.fifo.push(pcm);
+                if !source.has_level {
+                    // No level from the sender: measure it here.
+                    self.selector.handle_level(now, id, rms_dbov(rms(pcm)));
+                }
+            }
             Err(e) => tracing::trace!(session = %id, "opus decode: {e}"),
         }
     }
 
-    fn tick(&mut self) {
-        self.full.fill(0.0);
+    /// Applies the selector: sources entering the mix start decoding from fresh state and
+    /// fade in; leaving ones fade out, then stop decoding.
+    fn select(&mut self, now: Instant) {
+        if !self.selector.update(now) {
+            return;
+        }
         for (id, s) in self.sources.iter_mut() {
-            s.active = s.fifo.pop_frame(&mut s.frame);
-            let was = s.speaking;
-            s.speaking = s.voice.handle_frame(s.active.then(|| rms(&s.frame)));
-            if s.speaking != was {
-                let _ = self.speaking_tx.try_send((*id, s.speaking));
+            let in_mix = self.selector.in_mix(*id);
+            let was = s.target > 0.0;
+            if in_mix == was {
+                continue;
             }
-            if s.active {
-                for (f, x) in self.full.iter_mut().zip(&s.frame) {
-                    *f += x;
+            s.target = if in_mix { 1.0 } else { 0.0 };
+            if in_mix && !s.decoding {
+                s.decoding = true;
+                let _ = s.decoder.reset_state();
+                s.fifo.clear();
+                s.gain = 0.0;
+            }
+            let _ = self.events.try_send(AudioEvent::Mixed(*id, in_mix));
+            tracing::debug!(session = %id, in_mix, level = ?self.selector.level(*id), "audio mix changed");
+        }
+    }
+
+    fn tick(&mut self) {
+        self.select(Instant::now());
+        self.full.fill(0.0);
+        let mut decoding = 0;
+        for (id, s) in self.sources.iter_mut() {
+            s.active = false;
+            if s.decoding || !s.has_level {
+                decoding += 1;
+                s.active = s.fifo.pop_frame(&mut s.frame);
+                if !s.has_level && s.active {
+                    s.reading = Some(rms(&s.frame));
                 }
             }
+            let was = s.speaking;
+            s.speaking = s.voice.handle_frame(s.reading.take());
+            if s.speaking != was {
+                let _ = self.events.try_send(AudioEvent::Speaking(*id, s.speaking));
+            }
+            if s.active {
+                dsp::fade(&mut s.frame, &mut s.gain, s.target);
+                if s.gain > 0.0 || s.target > 0.0 {
+                    for (f, x) in self.full.iter_mut().zip(&s.frame) {
+                        *f += x;
+                    }
+                } else {
+                    s.active = false;
+                }
+            }
+            if s.has_level && s.decoding && s.target == 0.0 && s.gain == 0.0 {
+                // Faded out: back to reading levels only.
+                s.decoding = false;
+                s.fifo.clear();
+            }
         }
+        self.decoding.store(decoding, Ordering::Relaxed);
         // The full mix is one frame shared by every listener who gets it (its RTP payload too).
         let mut shared: Option<EncodedFrame> = None;
         for (id, l) in self.listeners.iter_mut() {
-            let speaking = self.sources.get(id).is_some_and(|s| s.speaking);
-            let own_encoder = l.encoder.as_mut().filter(|_| speaking);
+            // Its own voice is in the mix: it needs the mix without it.
+            let audible = self.sources.get(id).is_some_and(|s| s.audible());
+            let own_encoder = l.encoder.as_mut().filter(|_| audible);
             if own_encoder.is_none() {
                 l.own_last = false;
             }
@@ -380,15 +518,17 @@ impl Mixer {
 
 async fn run(
     mut control: mpsc::Receiver<Control>,
-    mut packets: mpsc::Receiver<(SessionId, Bytes)>,
-    bitrate_kbps: u32,
-    target: usize,
-    speaking_tx: mpsc::Sender<(SessionId, bool)>,
+    mut packets: mpsc::Receiver<Packet>,
+    settings: AudioSettings,
+    events: mpsc::Sender<AudioEvent>,
+    decoding: Arc<AtomicUsize>,
 ) {
     let mut mixer = Mixer {
-        speaking_tx,
-        bitrate_kbps,
-        target,
+        events,
+        selector: SpeakerSelector::new(settings.max_speakers),
+        decoding,
+        bitrate_kbps: settings.bitrate_kbps,
+        target: (SAMPLE_RATE * settings.jitter_ms / 1000) as usize,
         sources: HashMap::new(),
         listeners: HashMap::new(),
         full_encoder: None,
@@ -406,7 +546,9 @@ async fn run(
                 Some(c) => mixer.handle_control(c),
                 None => break,
             },
-            Some((id, p)) = packets.recv() => mixer.handle_packet(id, &p),
+            Some((id, p, level)) = packets.recv() => {
+                mixer.handle_packet(Instant::now(), id, &p, level)
+            }
             _ = tick.tick() => mixer.tick(),
         }
     }

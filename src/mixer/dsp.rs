@@ -166,14 +166,70 @@ impl SourceFifo {
         self.samples.len()
     }
 
+    /// Forgets everything queued and waits to pre-buffer again (a source entering the mix
+    /// starts from fresh packets, not from stale ones).
+    pub fn clear(&mut self) {
+        self.samples.clear();
+        self.playing = false;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
 }
 
+/// How much a source's gain moves per frame when it enters or leaves the mix: a fade over
+/// two frames (40 ms), short enough to be unnoticed and long enough to never click.
+pub const FADE_STEP: f32 = 0.5;
+
+/// Scales `frame` by a gain moving linearly from `*gain` towards `target` (by at most
+/// [`FADE_STEP`] over the frame), sample by sample, and leaves the new gain in `*gain`.
+pub fn fade(frame: &mut [f32], gain: &mut f32, target: f32) {
+    let from = *gain;
+    let to = if target > from {
+        (from + FADE_STEP).min(target)
+    } else {
+        (from - FADE_STEP).max(target)
+    };
+    if from == 1.0 && to == 1.0 {
+        return;
+    }
+    let n = frame.len().max(1) as f32;
+    for (i, x) in frame.iter_mut().enumerate() {
+        *x *= from + (to - from) * (i as f32 + 1.0) / n;
+    }
+    *gain = to;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fades_are_smooth_ramps_over_two_frames() {
+        let mut gain = 0.0;
+        let mut a = vec![1.0f32; FRAME_SAMPLES];
+        fade(&mut a, &mut gain, 1.0);
+        assert_eq!(gain, FADE_STEP);
+        let mut b = vec![1.0f32; FRAME_SAMPLES];
+        fade(&mut b, &mut gain, 1.0);
+        assert_eq!(gain, 1.0);
+        let ramp: Vec<f32> = a.into_iter().chain(b).collect();
+        // Never a step larger than one sample's share of the ramp: no click.
+        let max_step = ramp
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_step <= 1.0 / FRAME_SAMPLES as f32 + 1e-6, "{max_step}");
+        assert!(ramp[0] < 0.01 && (ramp[ramp.len() - 1] - 1.0).abs() < 1e-6);
+        // At full gain a frame is untouched; fading out reaches silence in two frames.
+        let mut c = vec![0.3f32; 4];
+        fade(&mut c, &mut gain, 1.0);
+        assert_eq!(c, vec![0.3; 4]);
+        fade(&mut c, &mut gain, 0.0);
+        fade(&mut c, &mut gain, 0.0);
+        assert_eq!(gain, 0.0);
+    }
 
     #[test]
     fn limiter_is_transparent_then_bounded_and_monotonic() {

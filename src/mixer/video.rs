@@ -107,8 +107,20 @@ const VP8_BUFFER_OPTIMAL_MS: i32 = 600;
 /// `rc_max_intra_bitrate_pct`): unbounded, a 720p keyframe is a burst of ~100 KB.
 const VP8_MAX_INTRA_PCT: i32 = 600;
 
+/// What the pipeline tells the room (from streaming threads, by `try_send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoEvent {
+    /// A participant's decoder produced its first picture since it was attached.
+    FirstFrame(SessionId),
+}
+
+/// Video events waiting for the room; one per decoder start, so a burst of visibility
+/// changes fits. When full, that participant's name card stays until its next change.
+pub const VIDEO_EVENT_QUEUE: usize = 128;
+
 pub struct VideoMixer {
     room: RoomId,
+    events: mpsc::Sender<VideoEvent>,
     settings: VideoSettings,
     pipeline: gst::Pipeline,
     compositor: gst::Element,
@@ -221,7 +233,11 @@ impl RtpSink for AppSrcSink {
 }
 
 impl VideoMixer {
-    pub fn new(room: RoomId, settings: VideoSettings) -> Result<Self, MixerError> {
+    pub fn new(
+        room: RoomId,
+        settings: VideoSettings,
+        events: mpsc::Sender<VideoEvent>,
+    ) -> Result<Self, MixerError> {
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
         // Inputs join after the compositor starts, so their latency (jitter buffer + decode) is
         // declared up front; otherwise their first frames would all be late.
@@ -255,6 +271,7 @@ impl VideoMixer {
         LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         Ok(Self {
             room,
+            events,
             settings,
             pipeline,
             compositor,
@@ -413,6 +430,14 @@ impl VideoMixer {
                 gst::PadProbeReturn::Ok
             });
         }
+        if let Some(src) = bin.static_pad("src") {
+            // The first decoded picture: the room lifts the name card that covered the tile.
+            let events = self.events.clone();
+            src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                let _ = events.try_send(VideoEvent::FirstFrame(id));
+                gst::PadProbeReturn::Remove
+            });
+        }
         self.attach(id, bin, false)?;
         tracing::debug!(room = %self.room, session = %id, %codec, "video input started");
         Ok(Arc::new(AppSrcSink {
@@ -489,6 +514,21 @@ impl VideoMixer {
         for (id, tile) in tiles {
             self.set_tile(*id, *tile);
         }
+    }
+
+    /// Video decoders running now (one per visible publisher whose video has started).
+    pub fn decoders(&self) -> usize {
+        self.slots.values().filter(|s| !s.placeholder).count()
+    }
+
+    /// Whether the participant has a tile source (a decoder or a name card).
+    pub fn has_tile(&self, id: SessionId) -> bool {
+        self.slots.contains_key(&id)
+    }
+
+    /// Whether the participant's tile is a decoder (not a name card).
+    pub fn is_decoding(&self, id: SessionId) -> bool {
+        self.slots.get(&id).is_some_and(|s| !s.placeholder)
     }
 
     /// The number of rungs in the encoder ladder (1 when there are no lower tiers).

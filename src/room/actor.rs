@@ -4,24 +4,27 @@
 //! pipeline (state `Null`) and ends.
 
 mod outputs;
+mod screen;
 
 use super::keyframe::KeyframeGate;
-use super::layout::{Tile, grid};
+use super::layout::{LayoutMode, Tile};
 use super::tiers::{Rung, TierChoice};
+use super::visible::{DEFAULT_HOLD, VisibleSet};
 use super::{
     EncodeInfo, JoinAnswer, JoinOptions, ParticipantInfo, QualityInfo, ROOM_COMMAND_QUEUE,
     RegistryInner, Role, RoomCommand, RoomError, RoomHandle, RoomInfo, SESSION_EVENT_QUEUE,
+    VideoPackets,
 };
 use crate::ids::{RoomId, SessionId};
 use crate::media::{LinkReport, SharedRtpSink, VideoCodec};
-use crate::mixer::audio::AudioMixerHandle;
-use crate::mixer::video::{EncodeKey, VideoMixer, VideoSettings};
+use crate::mixer::audio::{AUDIO_EVENT_QUEUE, AudioEvent, AudioMixerHandle, AudioSettings};
+use crate::mixer::video::{EncodeKey, VIDEO_EVENT_QUEUE, VideoEvent, VideoMixer, VideoSettings};
 use crate::output::OutputError;
 use crate::output::aac::AacEncoder;
 use crate::rtc::{PeerSession, SessionEvent, SessionMedia, TrackKind};
 use crate::sdp::{OfferSummary, choose_send_codec};
-use crate::signal::{CandidateInit, MemberInfo, ServerMessage, TileInfo};
-use std::collections::HashMap;
+use crate::signal::{CandidateInit, MemberInfo, ServerMessage};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +45,10 @@ struct Participant {
     publishes_audio: bool,
     publishes_video: bool,
     video_started: bool,
+    /// Its video track, once started (decoded only while visible).
+    video_in: Option<screen::VideoInput>,
+    /// Its voice is in the audio mix.
+    in_mix: bool,
     audio_sink: Option<SharedRtpSink>,
     receives_video: Option<VideoCodec>,
     receives_audio: bool,
@@ -63,8 +70,15 @@ struct Room {
     video: VideoMixer,
     audio: AudioMixerHandle,
     participants: HashMap<SessionId, Participant>,
-    /// Tile holders in join order.
+    /// Publishers in join order.
     order: Vec<SessionId>,
+    /// Who is on screen (pure decision) and how they are arranged.
+    visible: VisibleSet,
+    layout: LayoutMode,
+    /// Publishers the pipeline has a tile source for (the applied visible set).
+    shown: HashSet<SessionId>,
+    /// Visible publishers whose decoder has not shown a picture yet (their card covers it).
+    awaiting_first: HashSet<SessionId>,
     tiles: HashMap<SessionId, Tile>,
     gates: HashMap<EncodeKey, KeyframeGate>,
     outputs: HashMap<SessionId, outputs::RunningOutput>,
@@ -103,7 +117,8 @@ async fn run(
         keyframe_interval_s: c.video.keyframe_interval_s,
         pacing_margin_ms: c.video.pacing_margin_ms,
     };
-    let video = match VideoMixer::new(id.clone(), settings) {
+    let (video_tx, mut video_events) = mpsc::channel(VIDEO_EVENT_QUEUE);
+    let video = match VideoMixer::new(id.clone(), settings, video_tx) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(room = %id, "cannot start the room pipeline: {e}");
@@ -120,8 +135,15 @@ async fn run(
             return;
         }
     };
-    let (speaking_tx, mut speaking) = mpsc::channel(crate::mixer::audio::SPEAKING_QUEUE);
-    let audio = AudioMixerHandle::spawn(c.audio.bitrate_kbps, c.audio.jitter_ms, speaking_tx);
+    let (audio_tx, mut audio_events) = mpsc::channel(AUDIO_EVENT_QUEUE);
+    let audio = AudioMixerHandle::spawn(
+        AudioSettings {
+            bitrate_kbps: c.audio.bitrate_kbps,
+            jitter_ms: c.audio.jitter_ms,
+            max_speakers: c.audio.max_speakers,
+        },
+        audio_tx,
+    );
     let (events_tx, mut events) = mpsc::channel(SESSION_EVENT_QUEUE);
     let (ended_tx, mut ended) = mpsc::channel(outputs::ENDED_QUEUE);
     tracing::info!(room = %id, "room opened");
@@ -134,6 +156,10 @@ async fn run(
         audio,
         participants: HashMap::new(),
         order: Vec::new(),
+        visible: VisibleSet::new(c.video.max_tiles, DEFAULT_HOLD),
+        layout: LayoutMode::Grid,
+        shown: HashSet::new(),
+        awaiting_first: HashSet::new(),
         tiles: HashMap::new(),
         gates: HashMap::new(),
         outputs: HashMap::new(),
@@ -143,7 +169,12 @@ async fn run(
     };
     room.auto_start_outputs().await;
     loop {
-        let deadline = room.gates.values().filter_map(|g| g.poll_timeout()).min();
+        let deadline = room
+            .gates
+            .values()
+            .filter_map(|g| g.poll_timeout())
+            .chain(room.visible.poll_timeout())
+            .min();
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(RoomCommand::Shutdown) | None => break,
@@ -151,8 +182,15 @@ async fn run(
             },
             Some(event) = events.recv() => room.handle_event(event).await,
             Some(output) = ended.recv() => room.output_ended(output).await,
-            Some((session, on)) = speaking.recv() => room.speaking_changed(session, on),
-            _ = sleep_until_opt(deadline) => room.poll_keyframes(),
+            Some(event) = audio_events.recv() => match event {
+                AudioEvent::Speaking(session, on) => room.speaking_changed(session, on),
+                AudioEvent::Mixed(session, on) => room.mixed_changed(session, on),
+            },
+            Some(VideoEvent::FirstFrame(session)) = video_events.recv() => room.first_frame(session),
+            _ = sleep_until_opt(deadline) => {
+                room.poll_keyframes();
+                room.update_visible();
+            }
         }
         if room.participants.is_empty() {
             break;
@@ -184,6 +222,12 @@ async fn run(
             }
             RoomCommand::Members { reply } => {
                 let _ = reply.send(Vec::new());
+            }
+            RoomCommand::GetLayout { reply } => {
+                let _ = reply.send(room.layout_info());
+            }
+            RoomCommand::SetLayout { reply, .. } => {
+                let _ = reply.send(Err(RoomError::Closed(room.id.clone())));
             }
             RoomCommand::Mute { .. } | RoomCommand::Chat { .. } | RoomCommand::Shutdown => {}
         }
@@ -266,6 +310,16 @@ impl Room {
                 let result = self.start_output(request).await;
                 if let Err(e) = &result {
                     tracing::warn!(room = %self.id, "output refused: {e}");
+                }
+                let _ = reply.send(result);
+            }
+            RoomCommand::GetLayout { reply } => {
+                let _ = reply.send(self.layout_info());
+            }
+            RoomCommand::SetLayout { mode, pin, reply } => {
+                let result = self.set_layout(mode, pin);
+                if let Err(e) = &result {
+                    tracing::info!(room = %self.id, "layout refused: {e}");
                 }
                 let _ = reply.send(result);
             }
@@ -404,6 +458,8 @@ impl Room {
                 publishes_audio,
                 publishes_video,
                 video_started: false,
+                video_in: None,
+                in_mix: false,
                 audio_sink,
                 receives_video: codec,
                 receives_audio,
@@ -414,10 +470,8 @@ impl Room {
             },
         );
         if publishes_audio || publishes_video {
-            if let Err(e) = self.video.add_placeholder(id, &options.name) {
-                tracing::error!(room = %self.id, session = %id, "placeholder tile: {e}");
-            }
             self.order.push(id);
+            self.visible.handle_join(id);
         }
         if let Some(m) = self.member(id) {
             self.broadcast(ServerMessage::ParticipantJoined { participant: m });
@@ -433,7 +487,7 @@ impl Room {
             }
         }
         if publishes_audio || publishes_video {
-            self.relayout();
+            self.update_visible();
         }
         Ok(JoinAnswer { session: id, sdp })
     }
@@ -460,22 +514,7 @@ impl Room {
         let p = self.participants.get_mut(&session)?;
         match kind {
             TrackKind::Audio => p.audio_sink.clone(),
-            TrackKind::Video(codec) if p.publishes_video => {
-                match self
-                    .video
-                    .add_video_input(session, codec, payload_type, pli)
-                {
-                    Ok(sink) => {
-                        p.video_started = true;
-                        Some(sink)
-                    }
-                    Err(e) => {
-                        tracing::error!(room = %self.id, %session, "video input: {e}");
-                        None
-                    }
-                }
-            }
-            TrackKind::Video(_) => None,
+            TrackKind::Video(codec) => self.video_track_started(session, codec, payload_type, pli),
         }
     }
 
@@ -490,11 +529,14 @@ impl Room {
         if p.receives_audio {
             self.audio.remove_listener(session).await;
         }
-        self.video.remove(session);
+        if self.shown.contains(&session) {
+            self.hide_tile(session);
+        }
         if let Some(pos) = self.order.iter().position(|s| *s == session) {
             self.order.remove(pos);
-            self.tiles.remove(&session);
-            self.relayout();
+            self.visible.handle_leave(session);
+            self.visible.update(Instant::now());
+            self.apply_visible();
         }
         p.peer.close().await;
         // Its driver has ended and let go of its encode: an encode nobody else gets stops.
@@ -506,41 +548,6 @@ impl Room {
             });
         }
         true
-    }
-
-    fn relayout(&mut self) {
-        let tiles = grid(
-            self.order.len(),
-            self.registry.config.video.width,
-            self.registry.config.video.height,
-        );
-        let placed: Vec<(SessionId, Tile)> = self.order.iter().copied().zip(tiles).collect();
-        self.tiles = placed.iter().copied().collect();
-        self.video.apply_layout(&placed);
-        let (w, h) = (
-            self.registry.config.video.width as f64,
-            self.registry.config.video.height as f64,
-        );
-        let tiles = placed
-            .iter()
-            .map(|(id, t)| TileInfo {
-                id: id.to_string(),
-                name: self
-                    .participants
-                    .get(id)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                x: t.x as f64 / w,
-                y: t.y as f64 / h,
-                w: t.w as f64 / w,
-                h: t.h as f64 / h,
-            })
-            .collect();
-        self.broadcast(ServerMessage::Layout {
-            width: self.registry.config.video.width,
-            height: self.registry.config.video.height,
-            tiles,
-        });
     }
 
     /// Sends a room event to every WebSocket participant (a slow one misses it).
@@ -594,6 +601,14 @@ impl Room {
                 id: session.to_string(),
                 speaking: on,
             });
+            self.visible.handle_speaking(Instant::now(), session, on);
+            self.update_visible();
+        }
+    }
+
+    fn mixed_changed(&mut self, session: SessionId, on: bool) {
+        if let Some(p) = self.participants.get_mut(&session) {
+            p.in_mix = on;
         }
     }
 
@@ -617,11 +632,12 @@ impl Room {
         if let Some(v) = video.filter(|v| *v != p.video_muted) {
             p.video_muted = v;
             changed = true;
-            if v {
+            // Only a tile on screen has a card to show or hide.
+            if v && self.shown.contains(&session) {
                 if let Err(e) = self.video.show_card(session, &p.name) {
                     tracing::error!(room = %self.id, %session, "name card: {e}");
                 }
-            } else {
+            } else if !v && !self.awaiting_first.contains(&session) {
                 self.video.hide_card(session);
             }
         }
@@ -680,9 +696,9 @@ impl Room {
             room: self.id.clone(),
             session: session.to_string(),
         };
-        let (had_audio, had_video) = {
+        let had_audio = {
             let p = self.participants.get(&session).ok_or_else(unknown)?;
-            (p.publishes_audio, p.publishes_video)
+            p.publishes_audio
         };
         let publishes_audio = summary.publishes_audio();
         let publishes_video = summary.publishes_video();
@@ -722,33 +738,34 @@ impl Room {
         p.publishes_audio = publishes_audio;
         p.publishes_video = publishes_video;
         p.video_started = false;
+        // The new connection's video track brings its own input when it starts.
+        p.video_in = None;
         p.audio_sink = audio_sink;
         p.receives_video = codec;
         p.receives_audio = receives_audio;
         p.link = None;
-        let name = p.name.clone();
         p.tier = codec.map(|_| tier_choice(&self.registry.config.video, max_tier));
         old.close().await;
         self.video.release_unused();
         let publishes = publishes_audio || publishes_video;
         let in_grid = self.order.contains(&session);
-        if had_video && !publishes_video {
-            // The old decoder's tile becomes a name card.
-            self.video.remove(session);
-        }
-        if publishes
-            && (!in_grid || (had_video && !publishes_video))
-            && let Err(e) = self.video.add_placeholder(session, &name)
-        {
-            tracing::error!(room = %self.id, %session, "placeholder tile: {e}");
-        }
         if publishes && !in_grid {
             self.order.push(session);
-            self.relayout();
+            self.visible.handle_join(session);
+            self.update_visible();
         } else if !publishes && in_grid {
-            self.video.remove(session);
+            if self.shown.contains(&session) {
+                self.hide_tile(session);
+            }
             self.order.retain(|s| *s != session);
-            self.tiles.remove(&session);
+            self.visible.handle_leave(session);
+            self.visible.update(Instant::now());
+            self.apply_visible();
+        } else if self.shown.contains(&session) {
+            // Same tile; its old decoder goes, a name card holds it until the new video
+            // starts (if the new offer publishes any).
+            self.hide_tile(session);
+            self.show_tile(session);
             self.relayout();
         }
         tracing::info!(room = %self.id, %session, publishes_audio, publishes_video, receives_video = ?codec, "renegotiated");
@@ -887,7 +904,15 @@ impl Room {
                         video_started: p.video_started,
                         receives_video: p.receives_video,
                         receives_audio: p.receives_audio,
+                        name: p.name.clone(),
                         tile: self.tiles.get(id).map(|t| (*t).into()),
+                        visible: self.shown.contains(id),
+                        speaking: p.speaking,
+                        in_mix: p.in_mix,
+                        video_packets: p.video_in.as_ref().map(|v| {
+                            let (decoded, dropped) = v.gate.counts();
+                            VideoPackets { decoded, dropped }
+                        }),
                         quality: self.quality(p),
                     },
                 )
@@ -915,6 +940,9 @@ impl Room {
                     })
                 })
                 .collect(),
+            video_decoders: self.video.decoders(),
+            audio_decoders: self.audio.decoding(),
+            layout: self.layout_info(),
             participants: participants.into_iter().map(|(_, p)| p).collect(),
         }
     }

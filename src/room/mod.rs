@@ -6,7 +6,9 @@
 pub mod actor;
 pub mod keyframe;
 pub mod layout;
+pub mod speakers;
 pub mod tiers;
+pub mod visible;
 
 use crate::config::Config;
 use crate::ids::{RoomId, SessionId};
@@ -77,8 +79,16 @@ pub struct ParticipantInfo {
     pub video_started: bool,
     pub receives_video: Option<VideoCodec>,
     pub receives_audio: bool,
-    /// The participant's tile in the composite, `[x, y, w, h]` in pixels.
+    pub name: String,
+    /// The participant's tile in the composite, `[x, y, w, h]` in pixels (none while hidden).
     pub tile: Option<[u32; 4]>,
+    /// On screen (at most `video.max_tiles` publishers are).
+    pub visible: bool,
+    pub speaking: bool,
+    /// Its voice is in the audio mix (at most `audio.max_speakers` are).
+    pub in_mix: bool,
+    /// Its video packets so far, once its video has started.
+    pub video_packets: Option<VideoPackets>,
     /// What this receiver's link carries and which tier of the composite it gets.
     pub quality: Option<QualityInfo>,
 }
@@ -123,7 +133,45 @@ pub struct RoomInfo {
     pub encoders: Vec<VideoCodec>,
     /// Every composite encode running, by codec and tier.
     pub encodes: Vec<EncodeInfo>,
+    /// Video decoders running (one per visible publisher whose video has started).
+    pub video_decoders: usize,
+    /// Audio sources being decoded (those in the mix, fading out, or sending no level).
+    pub audio_decoders: usize,
+    pub layout: LayoutInfo,
     pub participants: Vec<ParticipantInfo>,
+}
+
+/// The room's layout as `GET`/`PUT /api/rooms/{room}/layout` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayoutInfo {
+    /// `"mode": "grid" | "speaker" | "custom"` (with `"regions"` for custom).
+    #[serde(flatten)]
+    pub mode: layout::LayoutMode,
+    /// Pinned participants' session ids, in pin order.
+    pub pin: Vec<String>,
+    pub max_tiles: usize,
+    /// Who speaker mode shows large (the first pin, else the active speaker).
+    pub featured: Option<String>,
+    /// Every tile, in fractions of the canvas, top to bottom and left to right.
+    pub tiles: Vec<crate::signal::TileInfo>,
+}
+
+impl LayoutInfo {
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            layout::LayoutMode::Grid => "grid",
+            layout::LayoutMode::Speaker => "speaker",
+            layout::LayoutMode::Custom { .. } => "custom",
+        }
+    }
+}
+
+/// A publisher's video packets: how many reached a decoder, and how many were dropped before
+/// one (while it was not visible).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct VideoPackets {
+    pub decoded: u64,
+    pub dropped: u64,
 }
 
 impl From<Tile> for [u32; 4] {
@@ -140,6 +188,8 @@ pub enum RoomError {
     UnknownSession { room: RoomId, session: String },
     #[error("room {0} has closed")]
     Closed(RoomId),
+    #[error("{0}")]
+    BadLayout(String),
     #[error("the offer neither sends nor receives media Mixdown handles")]
     NothingToDo,
     #[error(transparent)]
@@ -193,6 +243,15 @@ pub(crate) enum RoomCommand {
         request: OutputRequest,
         reply: oneshot::Sender<Result<OutputInfo, OutputError>>,
     },
+    GetLayout {
+        reply: oneshot::Sender<LayoutInfo>,
+    },
+    /// A new layout mode and/or pins (each checked; a refused request changes nothing).
+    SetLayout {
+        mode: Option<layout::LayoutMode>,
+        pin: Option<Vec<String>>,
+        reply: oneshot::Sender<Result<LayoutInfo, RoomError>>,
+    },
     Shutdown,
 }
 
@@ -219,6 +278,19 @@ impl RoomHandle {
 
     pub async fn info(&self) -> Result<RoomInfo, RoomError> {
         self.request(|reply| RoomCommand::Info { reply }).await
+    }
+
+    pub async fn layout(&self) -> Result<LayoutInfo, RoomError> {
+        self.request(|reply| RoomCommand::GetLayout { reply }).await
+    }
+
+    pub async fn set_layout(
+        &self,
+        mode: Option<layout::LayoutMode>,
+        pin: Option<Vec<String>>,
+    ) -> Result<LayoutInfo, RoomError> {
+        self.request(|reply| RoomCommand::SetLayout { mode, pin, reply })
+            .await?
     }
 }
 

@@ -54,9 +54,21 @@ pub fn opus_params() -> RTCRtpCodec {
     }
 }
 
+/// RFC 6464: the sender's audio level in every audio packet (browsers send it when it is
+/// negotiated). The mixer chooses its speakers from it without decoding anyone.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
 pub fn media_engine() -> Result<MediaEngine, RtcError> {
     let mut m = MediaEngine::default();
     let err = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
+    m.register_header_extension(
+        ::rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+            uri: AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )
+    .map_err(err)?;
     m.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: opus_params(),

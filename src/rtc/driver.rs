@@ -257,6 +257,8 @@ struct InTrack {
     receiver: RTCRtpReceiverId,
     ssrc: u32,
     sink: Sink,
+    /// The negotiated id of the RFC 6464 audio-level extension on this track, if any.
+    audio_level_id: Option<u8>,
 }
 
 /// Forgets the session's routes when the driver ends, however it ends.
@@ -732,12 +734,21 @@ impl Driver {
                 let _ = self.io.events.try_send(event);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                let audio_level_id = self.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {
+                    r.get_parameters()
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .find(|e| e.uri == super::codecs::AUDIO_LEVEL_URI)
+                        .and_then(|e| u8::try_from(e.id).ok())
+                });
                 self.tracks.insert(
                     init.track_id,
                     InTrack {
                         receiver: init.receiver_id,
                         ssrc: init.ssrc,
                         sink: Sink::Waiting { asked: false },
+                        audio_level_id,
                     },
                 );
             }
@@ -760,8 +771,16 @@ impl Driver {
         };
         match &track.sink {
             Sink::Ready(sink) => {
+                // RFC 6464: V bit, then the level in -dBov (7 bits).
+                let level = track
+                    .audio_level_id
+                    .and_then(|id| packet.header.get_extension(id))
+                    .and_then(|b| b.first().map(|v| v & 0x7f));
                 if let Ok(bytes) = packet.marshal() {
-                    sink.push_rtp(bytes.freeze());
+                    match track.audio_level_id {
+                        Some(_) => sink.push_audio(bytes.freeze(), level),
+                        None => sink.push_rtp(bytes.freeze()),
+                    }
                 }
             }
             Sink::Declined | Sink::Waiting { asked: true } => {}

@@ -23,7 +23,7 @@ mod udp;
 mod vp8;
 
 pub use candidates::{limit_candidates, rewrite_candidates};
-pub use codecs::{opus_params, sample_track, video_codec_params};
+pub use codecs::{AUDIO_LEVEL_URI, opus_params, sample_track, video_codec_params};
 pub use router::TransportStats;
 pub use session::{
     MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind, nack_packets,

@@ -5,6 +5,7 @@ mod browser;
 mod common;
 mod e2e;
 mod http_api;
+mod large_rooms;
 mod latency;
 mod outputs;
 mod signalling;
