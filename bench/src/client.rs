@@ -769,6 +769,9 @@ impl Client {
                             .unwrap();
                     let mut out = vec![0u8; 4000];
                     let mut phase = 0u64;
+                    // A change of loudness is a ramp over one frame, as a voice's is, never a
+                    // step (which would click in the source itself).
+                    let mut previous = f32::from_bits(gain.load(Ordering::Relaxed));
                     let mut tick = tokio::time::interval(Duration::from_millis(20));
                     loop {
                         tick.tick().await;
@@ -779,10 +782,13 @@ impl Client {
                             (true, 0 | 1) => 0.5,
                             (true, _) => 0.0,
                         };
+                        let from = if markers { amplitude } else { previous };
+                        previous = amplitude;
                         let pcm: Vec<f32> = (0..960)
                             .map(|i| {
                                 let n = (phase + i) as f32;
-                                amplitude * (2.0 * std::f32::consts::PI * hz * n / 48000.0).sin()
+                                let a = from + (amplitude - from) * i as f32 / 960.0;
+                                a * (2.0 * std::f32::consts::PI * hz * n / 48000.0).sin()
                             })
                             .collect();
                         phase += 960;

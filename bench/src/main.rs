@@ -50,11 +50,14 @@ struct Cli {
     /// Capacity sizes also run with composite pacing off, alternately with the paced runs.
     #[arg(long, value_delimiter = ',', default_values_t = [24])]
     unpaced: Vec<usize>,
+    /// Large-room sizes (16 visible, 3 speaking; comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [25, 50, 100])]
+    large: Vec<usize>,
     /// Connection counts of the transport scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     transport: Vec<usize>,
     /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs,
-    /// transport, tiers, links).
+    /// transport, tiers, links, large).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: serve as the transport scenario's server process.
@@ -128,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 transport: vec![2],
                 tier_room: 2,
                 links: false,
+                large: vec![],
                 command,
             },
             6,
@@ -159,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
                 transport: cli.transport.clone(),
                 tier_room: 9,
                 links: true,
+                large: cli.large.clone(),
                 command,
             },
             20,
@@ -193,6 +198,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("links") {
             plan.links = false;
+        }
+        if !keep("large") {
+            plan.large.clear();
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

@@ -50,8 +50,14 @@ pub struct Plan {
     pub tier_room: usize,
     /// Run the link profiles (Chromium behind shaped links; needs root).
     pub links: bool,
+    /// Large-room sizes (16 visible, [`LARGE_SPEAKERS`] speaking), run in turn within each run
+    /// so that the marginal cost between two sizes compares the same moments.
+    pub large: Vec<usize>,
     pub command: String,
 }
+
+/// Participants who speak in a large room; everyone else sends silence.
+pub const LARGE_SPEAKERS: usize = 3;
 
 /// The tier variants: (label, the ladder rungs the extra viewers are held at).
 pub const TIER_VARIANTS: [(&str, &[usize]); 3] = [
@@ -126,6 +132,9 @@ pub struct Report {
     pub tiers: Vec<Row>,
     /// The link profiles and the climb back (seconds), when run.
     pub links: Option<(Vec<crate::weak::LinkResult>, Option<f64>)>,
+    /// One row per large-room size, and for each run of each size its CPU (for the
+    /// marginal cost, paired by run).
+    pub large: Vec<Row>,
     pub errors: Vec<String>,
 }
 
@@ -385,7 +394,38 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     } else {
         None
     };
+    let mut large: Vec<Row> = plan
+        .large
+        .iter()
+        .map(|n| {
+            Row::new(
+                format!("large room: {n} participants (16 visible, {LARGE_SPEAKERS} speaking)"),
+                *n,
+            )
+        })
+        .collect();
+    for _ in 0..plan.runs {
+        for row in large.iter_mut() {
+            let extras = Extras {
+                speakers: Some(LARGE_SPEAKERS),
+                ..Extras::default()
+            };
+            let result = vp8_room(plan, clips, row.participants, next_ports(), extras).await;
+            // A failed run keeps its place (NaN) so that runs stay paired by index.
+            match result {
+                Ok(r) => row.runs.push(r),
+                Err(e) => {
+                    errors.push(format!("{}: {e:#}", row.name));
+                    row.runs.push(RunResult {
+                        cpu_cores: f64::NAN,
+                        ..RunResult::default()
+                    });
+                }
+            }
+        }
+    }
     Report {
+        large,
         rows,
         bare,
         capacity,
@@ -564,6 +604,9 @@ impl Report {
                     .unwrap_or_else(|| "none of the sizes probed".into())
             );
         }
+        if !self.large.is_empty() {
+            self.large_markdown(&mut md);
+        }
         if !self.transport.is_empty() {
             self.transport_markdown(&mut md);
         }
@@ -583,6 +626,92 @@ impl Report {
             }
         }
         md
+    }
+}
+
+impl Report {
+    /// Large rooms: the table, the largest that passes, and the marginal cost of ten more
+    /// participants (hidden and silent) between consecutive sizes, paired run by run.
+    fn large_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Large rooms\n\nN participants each send the VP8 360p clip and audio with \
+             the RFC 6464 level extension; the first {LARGE_SPEAKERS} send speech, the rest \
+             silence. Every participant receives the composite (VP8 720p30, 1.5 Mbit/s) and \
+             its mix; the server shows 16 (`video.max_tiles`) and mixes 3 \
+             (`audio.max_speakers`). One decoding WHEP probe. Sizes run in turn within each \
+             run. Join → first frame: from the WHIP request to the first composite frame \
+             received, for the first and the last ten joiners.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| participants | server CPU (cores) | fps | late frames | video latency p50 (ms) | join → first frame p50, first 10 / last 10 (ms) | generator CPU (cores) | passes |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let mut largest = None;
+        for row in &self.large {
+            let ok = row.cpu().is_some_and(|c| c <= CAPACITY_MAX_CORES)
+                && row.med(|r| r.fps).is_some_and(|f| f >= CAPACITY_MIN_FPS)
+                && row
+                    .med(|r| r.late_share)
+                    .is_some_and(|l| l <= CAPACITY_MAX_LATE);
+            if ok {
+                largest = Some(row.participants);
+            }
+            let ends = |last: bool| -> Vec<f64> {
+                row.runs
+                    .iter()
+                    .flat_map(|r| {
+                        let j = &r.join_ms;
+                        let k = j.len().min(10);
+                        if last { &j[j.len() - k..] } else { &j[..k] }.to_vec()
+                    })
+                    .collect()
+            };
+            let v = row.pooled(|r| &r.video_latency_ms);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} % | {} | {} / {} | {} | {} |",
+                row.participants,
+                fmt(row.cpu(), 2),
+                fmt(row.med(|r| r.fps), 1),
+                fmt(row.med(|r| r.late_share * 100.0), 1),
+                fmt(quantile(&v, 0.5), 0),
+                fmt(quantile(&ends(false), 0.5), 0),
+                fmt(quantile(&ends(true), 0.5), 0),
+                fmt(row.med(|r| r.generator_cores), 2),
+                if ok { "yes" } else { "no" },
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nLargest room that passes (≥ {CAPACITY_MIN_FPS} fps, ≤ {:.0} % late, ≤ {CAPACITY_MAX_CORES} \
+             server cores): {}.  ",
+            CAPACITY_MAX_LATE * 100.0,
+            largest
+                .map(|n| format!("{n} participants"))
+                .unwrap_or_else(|| "none of the sizes".into())
+        );
+        for pair in self.large.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let per10: Vec<f64> = a
+                .runs
+                .iter()
+                .zip(&b.runs)
+                .map(|(x, y)| {
+                    (y.cpu_cores - x.cpu_cores) / (b.participants - a.participants) as f64 * 10.0
+                })
+                .filter(|v| v.is_finite())
+                .collect();
+            let _ = writeln!(
+                md,
+                "Marginal server cost {} → {} participants: {} cores per +10 (median of {} paired runs).  ",
+                a.participants,
+                b.participants,
+                fmt(median(&per10), 3),
+                per10.len()
+            );
+        }
     }
 }
 

@@ -232,6 +232,9 @@ pub struct Extras<'a> {
     /// Extra WHEP viewers (not decoding), each held at most at this ladder rung
     /// (`?max_tier=`): how a run makes the room run lower tiers.
     pub viewers: &'a [usize],
+    /// Only the first this many participants speak; the others send silence (a muted-by-
+    /// habit microphone), as in a large meeting. `None`: everyone speaks.
+    pub speakers: Option<usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -278,6 +281,9 @@ pub async fn server_run(
         let mut opts = participant(clips, out, i == 0);
         if !audio {
             opts.tone_hz = None;
+        }
+        if extras.speakers.is_some_and(|s| i >= s) {
+            opts.silent = true;
         }
         if out == VideoCodec::H264 {
             // VP8 in, H.264 out: participants send VP8 and accept both.

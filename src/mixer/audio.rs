@@ -17,7 +17,7 @@ use crate::mixer::dsp::{
     self, FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, VoiceActivity, mix_minus,
     rms,
 };
-use crate::room::speakers::{SpeakerSelector, rms_dbov};
+use crate::room::speakers::{SILENCE_DBOV, SpeakerSelector, rms_dbov};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +35,10 @@ pub const CONTROL_QUEUE: usize = 64;
 pub const LISTENER_QUEUE: usize = 16;
 /// Lost packets concealed at most per gap; longer gaps are silence.
 const MAX_CONCEALED: u16 = 3;
+/// The latest packets of a source outside the mix, kept undecoded: when it enters, those
+/// that were not silent are decoded first, so the syllable that brought it in is heard (and
+/// silence before it adds no delay).
+const PENDING_PACKETS: usize = 2;
 const FRAME: Duration = Duration::from_millis(20);
 /// Largest Opus packet: 120 ms at 48 kHz.
 const MAX_DECODED: usize = 5760;
@@ -200,6 +204,8 @@ struct Source {
     target: f32,
     /// The latest level reading (RMS) since the last tick, for voice activity.
     reading: Option<f32>,
+    /// Its latest packets while not decoded, with their level (at most [`PENDING_PACKETS`]).
+    pending: std::collections::VecDeque<(Bytes, f32)>,
 }
 
 impl Source {
@@ -273,6 +279,7 @@ impl Mixer {
                             gain: 0.0,
                             target: 0.0,
                             reading: None,
+                            pending: std::collections::VecDeque::with_capacity(PENDING_PACKETS),
                         },
                     );
                     self.selector.handle_add(id);
@@ -340,11 +347,11 @@ impl Mixer {
         }
     }
 
-    fn handle_packet(&mut self, now: Instant, id: SessionId, packet: &[u8], level: Option<u8>) {
+    fn handle_packet(&mut self, now: Instant, id: SessionId, packet: Bytes, level: Option<u8>) {
         let Some(source) = self.sources.get_mut(&id) else {
             return;
         };
-        let Some(rtp) = parse_rtp(packet) else {
+        let Some(rtp) = parse_rtp(&packet) else {
             tracing::trace!(session = %id, "malformed audio RTP dropped");
             return;
         };
@@ -353,13 +360,18 @@ impl Mixer {
             return;
         }
         source.has_level = level.is_some();
-        if let Some(l) = level {
-            let dbov = -f32::from(l.min(127));
+        let dbov = level.map(|l| -f32::from(l.min(127)));
+        if let Some(dbov) = dbov {
             self.selector.handle_level(now, id, dbov);
             source.reading = Some(10f32.powf(dbov / 20.0));
         }
-        // A source with a level outside the mix is not decoded at all.
+        // A source with a level outside the mix is not decoded at all; its latest packets
+        // wait in case it enters.
         if source.has_level && !source.decoding {
+            if source.pending.len() == PENDING_PACKETS {
+                source.pending.pop_front();
+            }
+            source.pending.push_back((packet, dbov.unwrap_or(0.0)));
             return;
         }
         if let SeqVerdict::Gap(n) = verdict {
@@ -407,6 +419,21 @@ impl Mixer {
                 let _ = s.decoder.reset_state();
                 s.fifo.clear();
                 s.gain = 0.0;
+                // The packets that brought it in, so its first syllable is heard.
+                for (p, dbov) in s.pending.drain(..) {
+                    if dbov <= SILENCE_DBOV {
+                        continue;
+                    }
+                    let Some(rtp) = parse_rtp(&p).filter(|r| !r.payload.is_empty()) else {
+                        continue;
+                    };
+                    if let Ok(got) = s
+                        .decoder
+                        .decode_float(rtp.payload, &mut self.decoded, false)
+                    {
+                        s.fifo.push(&self.decoded[..got]);
+                    }
+                }
             }
             let _ = self.events.try_send(AudioEvent::Mixed(*id, in_mix));
             tracing::debug!(session = %id, in_mix, level = ?self.selector.level(*id), "audio mix changed");
@@ -445,6 +472,7 @@ impl Mixer {
                 // Faded out: back to reading levels only.
                 s.decoding = false;
                 s.fifo.clear();
+                s.pending.clear();
             }
         }
         self.decoding.store(decoding, Ordering::Relaxed);
@@ -547,7 +575,7 @@ async fn run(
                 None => break,
             },
             Some((id, p, level)) = packets.recv() => {
-                mixer.handle_packet(Instant::now(), id, &p, level)
+                mixer.handle_packet(Instant::now(), id, p, level)
             }
             _ = tick.tick() => mixer.tick(),
         }

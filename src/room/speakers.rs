@@ -3,8 +3,10 @@
 //! mix (and those whose level it must measure itself), fades them in and out, and gives a
 //! mix-minus only to listeners whose own voice is in the mix.
 //!
-//! Each source's level (dBov, 0 is full scale) is smoothed over about 100 ms. At most `max`
-//! sources are in the mix, the loudest ones above [`SILENCE_DBOV`]:
+//! Each source's level (dBov, 0 is full scale) is smoothed: it rises fast (a voice at
+//! -20 dBov that starts is in the mix on its first packet, so no syllable is lost) and falls
+//! slowly (about 200 ms), so pauses between words do not flap. At most `max` sources are in
+//! the mix, the loudest ones above [`SILENCE_DBOV`]:
 //! - a free place goes to the loudest candidate at once;
 //! - a candidate replaces the quietest member when it is [`HYSTERESIS_DB`] louder and that
 //!   member has been in for [`MIN_IN_MIX`];
@@ -22,8 +24,11 @@ pub const HYSTERESIS_DB: f32 = 3.0;
 pub const MIN_IN_MIX: Duration = Duration::from_millis(300);
 /// A member this long silent leaves the mix.
 pub const RELEASE: Duration = Duration::from_millis(800);
-/// Smoothing per level reading (one per 20 ms packet: a time constant of about 100 ms).
-const SMOOTHING: f32 = 0.2;
+/// Smoothing per level reading (one per 20 ms packet) while the level rises: from silence,
+/// speech at -20 dBov passes the silence threshold on its first packet, at -35 on its second.
+const ATTACK: f32 = 0.8;
+/// … and while it falls (a time constant of about 200 ms).
+const RELEASE_SMOOTHING: f32 = 0.1;
 /// The level of a source nothing has been heard from.
 const FLOOR_DBOV: f32 = -127.0;
 
@@ -70,7 +75,12 @@ impl SpeakerSelector {
     pub fn handle_level(&mut self, now: Instant, id: SessionId, dbov: f32) {
         if let Some(s) = self.sources.iter_mut().find(|s| s.id == id) {
             let x = dbov.clamp(FLOOR_DBOV, 0.0);
-            s.level += SMOOTHING * (x - s.level);
+            let k = if x > s.level {
+                ATTACK
+            } else {
+                RELEASE_SMOOTHING
+            };
+            s.level += k * (x - s.level);
             if s.level > SILENCE_DBOV {
                 s.last_loud = Some(now);
             }
@@ -236,6 +246,23 @@ mod tests {
         for _ in 0..100 {
             run(&mut s, &mut t, 20, &levels);
             assert_eq!(mixed_sorted(&s), vec![id(1), id(2), id(6)]);
+        }
+    }
+
+    #[test]
+    fn a_voice_that_starts_is_mixed_on_its_first_packet() {
+        let mut s = SpeakerSelector::new(3);
+        s.handle_add(id(1));
+        let mut t = Instant::now();
+        run(&mut s, &mut t, 1000, &[-127.0]);
+        assert!(!s.in_mix(id(1)));
+        run(&mut s, &mut t, 20, &[-20.0]);
+        assert!(s.in_mix(id(1)));
+        // A short burst every half second (markers, or words with pauses) keeps it there.
+        for _ in 0..10 {
+            run(&mut s, &mut t, 40, &[-9.0]);
+            run(&mut s, &mut t, 460, &[-127.0]);
+            assert!(s.in_mix(id(1)));
         }
     }
 

@@ -49,6 +49,8 @@ async fn the_benchmark_harness_produces_figures() {
                 body: serde_json::json!({ "format": "webm" }),
             }],
         )],
+        // Two small sizes: enough for a marginal cost between them.
+        large: vec![2, 3],
         command: "bench smoke test".into(),
     };
     let report = run_plan(&plan, &clips).await;
@@ -94,6 +96,14 @@ async fn the_benchmark_harness_produces_figures() {
         .collect();
     assert_eq!(encodes, vec![1, 2, 3], "{md}");
     assert!(md.contains("## Encoder tiers"), "{md}");
+    // Large rooms: a row per size, and the marginal cost between them.
+    assert_eq!(report.large.len(), 2, "{md}");
+    assert!(report.large[1].runs[0].fps > 0.0, "{md}");
+    assert!(md.contains("## Large rooms"), "{md}");
+    assert!(
+        md.contains("Marginal server cost 2 → 3 participants:"),
+        "{md}"
+    );
     // The capacity probe, with its unpaced twin.
     assert!(report.unpaced[0].1.runs[0].fps > 0.0, "{md}");
     assert!(md.contains("Composite pacing, 2 participants:"), "{md}");
