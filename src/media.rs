@@ -123,6 +123,18 @@ pub struct VideoGate {
     decoder: std::sync::RwLock<Option<SharedRtpSink>>,
     passed: AtomicU64,
     dropped: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What a [`VideoGate`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateCounts {
+    /// Packets that reached a decoder.
+    pub passed: u64,
+    /// Packets dropped before one.
+    pub dropped: u64,
+    /// Bytes of every packet, passed or dropped: what the publisher sends.
+    pub bytes: u64,
 }
 
 impl VideoGate {
@@ -140,17 +152,18 @@ impl VideoGate {
         }
     }
 
-    /// Packets that reached a decoder, and packets dropped before one.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.passed.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
-        )
+    pub fn counts(&self) -> GateCounts {
+        GateCounts {
+            passed: self.passed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
     }
 }
 
 impl RtpSink for VideoGate {
     fn push_rtp(&self, packet: Bytes) {
+        self.bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
         let decoder = self.decoder.read().ok().and_then(|d| d.clone());
         match decoder {
             Some(d) => {
@@ -259,7 +272,8 @@ mod tests {
         gate.push_rtp(Bytes::from_static(b"x"));
         gate.close();
         gate.push_rtp(Bytes::from_static(b"x"));
-        assert_eq!(gate.counts(), (2, 2));
+        let c = gate.counts();
+        assert_eq!((c.passed, c.dropped, c.bytes), (2, 2, 4));
         assert_eq!(decoder.0.load(Ordering::Relaxed), 2);
     }
 

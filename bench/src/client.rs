@@ -21,7 +21,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::shared::marshal::Marshal;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +71,38 @@ pub struct ClientOptions {
     pub amplitude: Arc<AtomicU32>,
     /// Send the RFC 6464 audio-level extension in every audio packet, as browsers do.
     pub audio_level: bool,
+}
+
+/// Below this REMB ceiling (bit/s) a clip publisher sends the small clip: a browser asked
+/// for a trickle (off screen) drops to a tiny picture.
+pub const SMALL_CLIP_BELOW_BPS: u64 = 150_000;
+
+/// What the server asked of a publishing client: a ceiling (REMB, bit/s; 0 before any) and
+/// keyframes (PLI/FIR, counted).
+#[derive(Default)]
+struct Feedback {
+    cap_bps: AtomicU64,
+    keyframes: AtomicU64,
+}
+
+/// Reads the RTCP the server sends about a published track into `feedback`.
+async fn read_feedback(track: Arc<TrackLocalStaticSample>, feedback: Arc<Feedback>) {
+    use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+    use webrtc::media_stream::track_local::TrackLocalEvent;
+    while let Some(ev) = track.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = ev else {
+            continue;
+        };
+        for p in packets {
+            if let Some(remb) = p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                feedback
+                    .cap_bps
+                    .store(remb.bitrate as u64, Ordering::Relaxed);
+            } else if mixdown::rtc::keyframe_interceptor::is_keyframe_request(p.as_ref()) {
+                feedback.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// The tone's amplitude unless set otherwise (about -13 dBFS RMS).
@@ -555,7 +587,13 @@ impl Client {
                 )
                 .unwrap();
         }
-        let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
+        // PLI and REMB from the server reach the publishing tasks (a browser obeys both).
+        let registry = register_default_interceptors(Registry::new(), &mut engine)
+            .unwrap()
+            .with(
+                rtc::interceptor::Slot::from(14_000),
+                mixdown::rtc::keyframe_interceptor::KeyframeRequestForwarder::default(),
+            );
         let received = Arc::new(Received::default());
         let pipelines = Arc::new(Mutex::new(Vec::new()));
         let (gathered_tx, gathered_rx) = oneshot::channel();
@@ -661,6 +699,10 @@ impl Client {
         let audio_marks = Arc::new(Mutex::new(Vec::new()));
         for (kind, t) in senders {
             let ssrc = t.ssrcs().await[0];
+            let feedback = Arc::new(Feedback::default());
+            if kind == "video" {
+                tasks.push(tokio::spawn(read_feedback(t.clone(), feedback.clone())));
+            }
             let pt = match kind {
                 "video" => {
                     96 + 2 * opts
@@ -686,11 +728,32 @@ impl Client {
                 };
                 let marked = opts.clip_markers || kind == "video";
                 let levels = opts.audio_level && kind == "audio";
+                // Capped to a trickle (off screen), a browser sends a small picture: so does
+                // the generator, switching clips at a keyframe of the one it goes to.
+                let small = (kind == "video" && opts.send_codec == VideoCodec::Vp8)
+                    .then(|| clips.vp8_small.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(clip.frame_duration);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let mut on_small = false;
                     for i in 0usize.. {
                         tick.tick().await;
+                        if let Some(small) = &small {
+                            let cap = feedback.cap_bps.load(Ordering::Relaxed);
+                            let want = cap > 0 && cap < SMALL_CLIP_BELOW_BPS;
+                            let target = if want { small } else { &clip };
+                            let key = target.frames[i % target.frames.len()]
+                                .data
+                                .first()
+                                .is_some_and(|b| b & 1 == 0);
+                            if want != on_small && key {
+                                on_small = want;
+                            }
+                        }
+                        let clip = match &small {
+                            Some(s) if on_small => s,
+                            _ => &clip,
+                        };
                         let mut frame = &clip.frames[i % clip.frames.len()];
                         // Only a marked participant's audio markers are audible: the others
                         // replace the marker packets by speech from 200 ms later.
@@ -730,15 +793,30 @@ impl Client {
                         (p, rx, None)
                     }
                 };
+                let encoder_sink = pipeline.by_name("sink");
                 pipelines.lock().unwrap().push(pipeline);
                 tasks.extend(feeder);
                 let marks = video_marks.clone();
+                let feedback = feedback.clone();
                 let colours = [opts.colour.unwrap(), opts.marker_colour.unwrap_or(0)];
                 let markers = opts.marker_colour.is_some();
                 let corrupt = opts.corrupt_video;
                 tasks.push(tokio::spawn(async move {
                     let mut index = 0u64;
+                    let mut keyframes_asked = 0;
                     while let Some((mut data, _key)) = frames.recv().await {
+                        // The server's PLI: a keyframe now, as a browser would.
+                        let asked = feedback.keyframes.load(Ordering::Relaxed);
+                        if asked != keyframes_asked {
+                            keyframes_asked = asked;
+                            if let Some(sink) = &encoder_sink {
+                                sink.send_event(
+                                    gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                                        .all_headers(true)
+                                        .build(),
+                                );
+                            }
+                        }
                         if corrupt && index % 2 == 1 && data.len() > 10 {
                             let mut bad = data.to_vec();
                             for b in &mut bad[10..] {
@@ -838,6 +916,21 @@ impl Client {
         let _ = self.pc.close().await;
         for p in self.pipelines.lock().unwrap().drain(..) {
             let _ = p.set_state(gst::State::Null);
+        }
+    }
+}
+
+impl Drop for Client {
+    /// A client dropped without [`close`](Self::close) (a run that failed half way) stops
+    /// sending: its tasks would otherwise go on loading this process for the runs after it.
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut pipelines) = self.pipelines.lock() {
+            for p in pipelines.drain(..) {
+                let _ = p.set_state(gst::State::Null);
+            }
         }
     }
 }

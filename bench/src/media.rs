@@ -107,9 +107,16 @@ pub struct Clip {
     pub path: PathBuf,
 }
 
+/// The small clip's size and bitrate: what a browser sends when the server asks it for a
+/// trickle (REMB) while it is off screen.
+pub const SMALL: (usize, usize, u32) = (160, 90, 60);
+
 #[derive(Clone, Debug)]
 pub struct Clips {
     pub vp8: Clip,
+    /// The same pictures at [`SMALL`] size and bitrate, keyframes on the same frames: the
+    /// generator switches to it when REMB caps it below the full clip.
+    pub vp8_small: Clip,
     pub h264: Clip,
     pub speech: Clip,
     /// One second of Opus-encoded silence (what a quiet microphone sends).
@@ -262,9 +269,26 @@ fn generate_video(path: &Path, codec: ClipCodec, seconds: u64) -> anyhow::Result
          ! {} ! filesink name=out",
         codec.encoder()
     );
+    generate_frames(&desc, path, seconds)
+}
+
+/// The small VP8 clip: the same frames scaled down, keyframes every 60 frames as the full one.
+fn generate_small(path: &Path, seconds: u64) -> anyhow::Result<()> {
+    let (w, h, kbps) = SMALL;
+    let desc = format!(
+        "appsrc name=src format=time caps=video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1 \
+         ! videoscale ! video/x-raw,width={w},height={h} \
+         ! vp8enc deadline=1 cpu-used=-6 threads=1 target-bitrate={} end-usage=cbr lag-in-frames=0 \
+           keyframe-max-dist=60 ! webmmux ! filesink name=out",
+        kbps * 1000
+    );
+    generate_frames(&desc, path, seconds)
+}
+
+fn generate_frames(desc: &str, path: &Path, seconds: u64) -> anyhow::Result<()> {
     let frame_ns = 1_000_000_000 / FPS;
     let frames = (0..seconds * FPS).map(|i| (raw_frame(i), i * frame_ns, frame_ns));
-    encode_to_file(&desc, path, frames)
+    encode_to_file(desc, path, frames)
 }
 
 fn generate_speech(path: &Path, seconds: u64) -> anyhow::Result<()> {
@@ -339,6 +363,18 @@ pub fn load_or_generate(cache: &Path, seconds: u64) -> anyhow::Result<Clips> {
     };
     let vp8 = clip(ClipCodec::Vp8)?;
     let h264 = clip(ClipCodec::H264)?;
+    let small_path = cache.join(format!("vp8-{}p-{seconds}s.webm", SMALL.1));
+    if !small_path.exists() {
+        let tmp = small_path.with_extension("part");
+        generate_small(&tmp, seconds)?;
+        std::fs::rename(&tmp, &small_path)?;
+    }
+    let vp8_small = load(
+        &small_path,
+        ClipCodec::Vp8.demuxer(),
+        VIDEO_MARK_EVERY,
+        Duration::from_secs(1) / FPS as u32,
+    )?;
     let path = cache.join(format!("speech-{seconds}s.ogg"));
     if !path.exists() {
         let tmp = path.with_extension("part");
@@ -356,6 +392,7 @@ pub fn load_or_generate(cache: &Path, seconds: u64) -> anyhow::Result<Clips> {
     measure_levels(&mut speech)?;
     Ok(Clips {
         vp8,
+        vp8_small,
         h264,
         speech,
         silence: silence()?,

@@ -645,9 +645,9 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| participants | server CPU (cores) | fps | late frames | video latency p50 (ms) | join → first frame p50, first 10 / last 10 (ms) | generator CPU (cores) | passes |"
+            "| participants | server CPU (cores) | RSS (MiB) | fps | late frames | video / audio latency p50 (ms) | join → first frame p50, first 10 / last 10 (ms) | generator CPU (cores) | passes |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         let mut largest = None;
         for row in &self.large {
             let ok = row.cpu().is_some_and(|c| c <= CAPACITY_MAX_CORES)
@@ -669,14 +669,17 @@ impl Report {
                     .collect()
             };
             let v = row.pooled(|r| &r.video_latency_ms);
+            let a = row.pooled(|r| &r.audio_latency_ms);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} % | {} | {} / {} | {} | {} |",
+                "| {} | {} | {} | {} | {} % | {} / {} | {} / {} | {} | {} |",
                 row.participants,
                 fmt(row.cpu(), 2),
+                fmt(row.med(|r| r.rss_mib), 0),
                 fmt(row.med(|r| r.fps), 1),
                 fmt(row.med(|r| r.late_share * 100.0), 1),
                 fmt(quantile(&v, 0.5), 0),
+                fmt(quantile(&a, 0.5), 0),
                 fmt(quantile(&ends(false), 0.5), 0),
                 fmt(quantile(&ends(true), 0.5), 0),
                 fmt(row.med(|r| r.generator_cores), 2),

@@ -84,7 +84,7 @@ impl ServerProcess {
             format!(
                 "[server]\nhost = \"{host}\"\nhttp_port = {port}\n\
                  [rtc]\nudp_port = {}\n\
-                 [room]\nmax_participants = 100\n\
+                 [room]\nmax_participants = 200\n\
                  [video]\nwidth = {}\nheight = {}\n{extra}\n",
                 media_ports.0, CANVAS.0, CANVAS.1
             ),

@@ -818,6 +818,23 @@ pub(crate) fn encoded_frame(
     Some(frame)
 }
 
+/// Whether `src` is no longer inside `pipeline` (its branch was removed).
+fn detached(src: Option<&gst::Object>, pipeline: Option<&gst::Pipeline>) -> bool {
+    let (Some(mut object), Some(pipeline)) = (src.cloned(), pipeline) else {
+        return false;
+    };
+    let top = pipeline.upcast_ref::<gst::Object>();
+    loop {
+        if &object == top {
+            return false;
+        }
+        match object.parent() {
+            Some(parent) => object = parent,
+            None => return true,
+        }
+    }
+}
+
 fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {
     gstreamer_video::ForceKeyUnitEvent::is(ev)
 }
@@ -837,6 +854,17 @@ pub(crate) fn spawn_bus_watch(
         let mut messages = bus.stream();
         while let Some(msg) = messages.next().await {
             match msg.view() {
+                // A branch removed while it was still starting (a tile that came and went
+                // within milliseconds) may report a failure on its way out: it is gone, and
+                // nothing on screen depends on it.
+                gst::MessageView::Error(e) if detached(e.src(), weak.upgrade().as_ref()) => {
+                    tracing::debug!(
+                        room = %room,
+                        source = ?e.src().map(|s| s.path_string()),
+                        "error from a removed branch: {}",
+                        e.error()
+                    )
+                }
                 gst::MessageView::Error(e) => tracing::error!(
                     room = %room,
                     source = ?e.src().map(|s| s.path_string()),

@@ -49,6 +49,8 @@ struct Participant {
     video_in: Option<screen::VideoInput>,
     /// Its voice is in the audio mix.
     in_mix: bool,
+    /// What its video was last asked to stay under (kbit/s, REMB).
+    publish_cap: Option<u32>,
     audio_sink: Option<SharedRtpSink>,
     receives_video: Option<VideoCodec>,
     receives_audio: bool,
@@ -460,6 +462,7 @@ impl Room {
                 video_started: false,
                 video_in: None,
                 in_mix: false,
+                publish_cap: None,
                 audio_sink,
                 receives_video: codec,
                 receives_audio,
@@ -909,9 +912,14 @@ impl Room {
                         visible: self.shown.contains(id),
                         speaking: p.speaking,
                         in_mix: p.in_mix,
+                        publish_cap_kbps: p.publish_cap,
                         video_packets: p.video_in.as_ref().map(|v| {
-                            let (decoded, dropped) = v.gate.counts();
-                            VideoPackets { decoded, dropped }
+                            let c = v.gate.counts();
+                            VideoPackets {
+                                decoded: c.passed,
+                                dropped: c.dropped,
+                                bytes: c.bytes,
+                            }
                         }),
                         quality: self.quality(p),
                     },

@@ -89,6 +89,27 @@ pub enum LayoutError {
     OffCanvas { index: usize, region: Region },
 }
 
+/// What a publisher off screen is asked to send at most (REMB): a trickle that keeps its
+/// encoder warm and gives a picture at once when it comes on screen.
+pub const HIDDEN_PUBLISH_KBPS: u32 = 100;
+/// The floor and ceiling of what a visible publisher is asked for.
+pub const MIN_VISIBLE_PUBLISH_KBPS: u32 = 200;
+pub const MAX_PUBLISH_KBPS: u32 = 2500;
+/// A tile gets this many times its share of the canvas' bitrate: its source is encoded once
+/// by the publisher and then scaled and encoded again, and needs the head room.
+const TILE_HEADROOM: f64 = 2.0;
+
+/// The most a publisher should send (kbit/s) given its tile (`None`: off screen) on a
+/// `canvas` encoded at `canvas_kbps`.
+pub fn publish_cap_kbps(tile: Option<Tile>, canvas: (u32, u32), canvas_kbps: u32) -> u32 {
+    let Some(t) = tile else {
+        return HIDDEN_PUBLISH_KBPS;
+    };
+    let share = (t.w as f64 * t.h as f64) / (canvas.0 as f64 * canvas.1 as f64).max(1.0);
+    ((share * canvas_kbps as f64 * TILE_HEADROOM).round() as u32)
+        .clamp(MIN_VISIBLE_PUBLISH_KBPS, MAX_PUBLISH_KBPS)
+}
+
 /// Small slack for fractions like 1/3 + 2/3 written in decimal.
 const EPSILON: f64 = 1e-6;
 
@@ -181,6 +202,23 @@ pub fn speaker(n: usize, width: u32, height: u32) -> Vec<Tile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishers_are_asked_for_what_their_tile_needs() {
+        let canvas = (1280, 720);
+        assert_eq!(publish_cap_kbps(None, canvas, 1500), HIDDEN_PUBLISH_KBPS);
+        let full = grid(1, 1280, 720)[0];
+        assert_eq!(publish_cap_kbps(Some(full), canvas, 1500), MAX_PUBLISH_KBPS);
+        let quarter = grid(4, 1280, 720)[0];
+        assert_eq!(publish_cap_kbps(Some(quarter), canvas, 1500), 750);
+        let stamp = grid(16, 1280, 720)[0];
+        assert_eq!(publish_cap_kbps(Some(stamp), canvas, 1500), 200);
+        let strip = speaker(3, 1280, 720)[1];
+        assert_eq!(
+            publish_cap_kbps(Some(strip), canvas, 1500),
+            MIN_VISIBLE_PUBLISH_KBPS
+        );
+    }
 
     #[test]
     fn speaker_mode_puts_the_first_large_and_the_rest_in_a_strip() {

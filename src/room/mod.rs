@@ -87,6 +87,9 @@ pub struct ParticipantInfo {
     pub speaking: bool,
     /// Its voice is in the audio mix (at most `audio.max_speakers` are).
     pub in_mix: bool,
+    /// What its video is asked to stay under (REMB), kbit/s: a trickle off screen, what its
+    /// tile needs on screen.
+    pub publish_cap_kbps: Option<u32>,
     /// Its video packets so far, once its video has started.
     pub video_packets: Option<VideoPackets>,
     /// What this receiver's link carries and which tier of the composite it gets.
@@ -172,6 +175,8 @@ impl LayoutInfo {
 pub struct VideoPackets {
     pub decoded: u64,
     pub dropped: u64,
+    /// Bytes received (decoded or not): what the publisher sends.
+    pub bytes: u64,
 }
 
 impl From<Tile> for [u32; 4] {

@@ -15,13 +15,20 @@ use std::time::Instant;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 
 fn rtcp_feedback() -> Vec<RTCPFeedback> {
-    [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
-        .into_iter()
-        .map(|(typ, parameter)| RTCPFeedback {
-            typ: typ.to_owned(),
-            parameter: parameter.to_owned(),
-        })
-        .collect()
+    // goog-remb: publishers take the server's REMB as a ceiling (it asks hidden ones for a
+    // trickle and visible ones for what their tile needs).
+    [
+        ("nack", ""),
+        ("nack", "pli"),
+        ("ccm", "fir"),
+        ("goog-remb", ""),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    })
+    .collect()
 }
 
 /// The codec parameters Mixdown negotiates for `codec` (H.264: constrained baseline,

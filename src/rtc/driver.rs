@@ -52,8 +52,14 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 pub(super) enum Command {
     Candidate(RTCIceCandidateInit, oneshot::Sender<Result<(), RtcError>>),
     Video(VideoCommand),
+    /// Ask the publisher to send its video at most this fast (bit/s), by REMB.
+    PublishCap(f64),
     Close,
 }
+
+/// A publisher's ceiling is repeated this often (as receivers repeat REMB), so a lost packet
+/// or a sender that restarted its estimate still gets it.
+const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) enum VideoCommand {
     /// Move to another encode at its next keyframe.
@@ -306,6 +312,9 @@ pub(super) struct Driver {
     last_pad: Instant,
     pad_debt: f64,
     next_report: Instant,
+    /// The ceiling asked of this publisher's video (bit/s), and when to repeat it.
+    publish_cap: Option<f64>,
+    next_remb: Instant,
     /// From the receiver's RTCP reports on our streams.
     reported_loss: f64,
     rtt_ms: Option<f64>,
@@ -415,6 +424,8 @@ impl Driver {
             last_pad: now,
             pad_debt: 0.0,
             next_report: now + LINK_REPORT_INTERVAL,
+            publish_cap: None,
+            next_remb: now,
             reported_loss: 0.0,
             rtt_ms: None,
             duplicate_audio: false,
@@ -482,6 +493,7 @@ impl Driver {
                 self.gate.poll_timeout(),
                 self.probe_tick,
                 Some(self.next_report),
+                self.publish_cap.map(|_| self.next_remb),
             ]
             .into_iter()
             .flatten()
@@ -494,6 +506,10 @@ impl Driver {
                         let _ = reply.send(self.add_candidate(init));
                     }
                     Some(Command::Video(c)) => self.video_command(c),
+                    Some(Command::PublishCap(bps)) => {
+                        self.publish_cap = Some(bps);
+                        self.send_remb(Instant::now());
+                    }
                     Some(Command::Close) | None => break,
                 },
                 Some(d) = self.io.inbound.recv() => {
@@ -529,6 +545,9 @@ impl Driver {
                     }
                     if self.next_report <= now {
                         self.report(now);
+                    }
+                    if self.publish_cap.is_some() && self.next_remb <= now {
+                        self.send_remb(now);
                     }
                 }
             }
@@ -842,6 +861,39 @@ impl Driver {
                 tracing::debug!(session = %self.id, "room declined the track");
                 track.sink = Sink::Declined;
             }
+        }
+    }
+
+    /// Tells the publisher the most its video may use (REMB over its video SSRCs); repeated
+    /// every [`REMB_INTERVAL`].
+    fn send_remb(&mut self, now: Instant) {
+        use ::rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+        self.next_remb = now + REMB_INTERVAL;
+        let Some(bps) = self.publish_cap else {
+            return;
+        };
+        let video: Vec<(RTCRtpReceiverId, u32)> = self
+            .tracks
+            .values()
+            .filter(|t| {
+                self.pc.rtp_receiver(t.receiver).is_some_and(|r| {
+                    r.track().kind() == ::rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video
+                })
+            })
+            .map(|t| (t.receiver, t.ssrc))
+            .collect();
+        let Some(&(receiver, _)) = video.first() else {
+            return; // no video track open yet: the next repetition tries again
+        };
+        let remb = ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 0,
+            bitrate: bps as f32,
+            ssrcs: video.iter().map(|(_, ssrc)| *ssrc).collect(),
+        };
+        if let Some(mut r) = self.pc.rtp_receiver(receiver)
+            && let Err(e) = r.write_rtcp(now, vec![Box::new(remb)])
+        {
+            tracing::debug!(session = %self.id, "REMB: {e}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! An interceptor that lets PLI and FIR, and reception reports (loss, round trip), from
-//! receivers reach the application. webrtc-rs's
+//! An interceptor that lets PLI and FIR, reception reports (loss, round trip) and REMB from
+//! the remote peer reach the application (the server reads keyframe requests and reports;
+//! the load generator, a publisher, obeys keyframe requests and REMB). webrtc-rs's
 //! default chain consumes all inbound RTCP; packets this one marks with
 //! `Attribute::DeliverToApplication` surface as `TrackLocalEvent::OnRtcpPacket` on the local
 //! track, where the session turns them into keyframe requests.
@@ -22,6 +23,7 @@ fn is_for_application(packet: &dyn ::rtc::rtcp::Packet) -> bool {
     is_keyframe_request(packet)
         || any.is::<::rtc::rtcp::receiver_report::ReceiverReport>()
         || any.is::<::rtc::rtcp::sender_report::SenderReport>()
+        || any.is::<::rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate>()
 }
 
 #[derive(Default)]

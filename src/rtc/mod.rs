@@ -13,7 +13,7 @@ mod candidates;
 mod codecs;
 mod driver;
 pub mod estimate;
-mod keyframe_interceptor;
+pub mod keyframe_interceptor;
 mod retransmit;
 mod router;
 mod session;

@@ -159,6 +159,14 @@ impl PeerSession {
         self.video_command(VideoCommand::Probe { bps });
     }
 
+    /// Asks the publisher to send its video at most at `bps` (REMB, repeated every second):
+    /// a trickle while it is off screen, what its tile needs while on.
+    pub fn cap_publisher(&self, bps: f64) {
+        if self.commands.try_send(Command::PublishCap(bps)).is_err() {
+            tracing::debug!(session = %self.id, "publish cap dropped: driver busy");
+        }
+    }
+
     fn video_command(&self, c: VideoCommand) {
         // Full only if the driver is stuck; the tier choice repeats what matters.
         if self.commands.try_send(Command::Video(c)).is_err() {

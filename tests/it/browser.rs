@@ -27,7 +27,8 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     )
     .await;
 
-    let (report, joined) = chromium_report(&server, room, "127.0.0.1".parse().unwrap(), None).await;
+    let (report, joined) =
+        chromium_report(&server, room, "127.0.0.1".parse().unwrap(), None, "").await;
     assert!(joined, "the server never decoded Chromium's camera");
     let last = assert_decoded_the_mix(&report);
     tracing::info!(%last, "chromium report");
@@ -49,13 +50,14 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
 }
 
 /// Runs the test page in headless Chromium (inside `ns` if given), joining `room` over WHIP,
-/// with the page served from `page_ip`. Returns the page's report and whether the server
-/// decoded Chromium's camera meanwhile.
+/// with the page served from `page_ip` (`query` adds page parameters: `&seconds=20&w=640`).
+/// Returns the page's report and whether the server decoded Chromium's camera meanwhile.
 pub(crate) async fn chromium_report(
     server: &TestServer,
     room: &str,
     page_ip: std::net::IpAddr,
     ns: Option<&NetNs>,
+    query: &str,
 ) -> (serde_json::Value, bool) {
     // The test page comes from another origin; the page posts its figures back here.
     let (report_tx, mut reports) = mpsc::channel::<String>(1);
@@ -77,7 +79,7 @@ pub(crate) async fn chromium_report(
 
     let profile = std::env::temp_dir().join(format!("mixdown-chromium-{}", std::process::id()));
     let url = format!(
-        "http://{page_addr}/?whip={}&report=http://{page_addr}/report",
+        "http://{page_addr}/?whip={}&report=http://{page_addr}/report{query}",
         server.url(&format!("/whip/{room}"))
     );
     let mut command = match ns {
@@ -146,4 +148,108 @@ pub(crate) fn assert_decoded_the_mix(report: &serde_json::Value) -> serde_json::
         "no audio: {last}"
     );
     last.clone()
+}
+
+/// What the server received of a publisher's video so far (bytes), and its REMB ceiling.
+async fn received_video(server: &TestServer, room: &str, session: &str) -> Option<(u64, u64)> {
+    let info = server.room_info(room).await?;
+    let p = info["participants"]
+        .as_array()?
+        .iter()
+        .find(|p| p["session"] == session)?
+        .clone();
+    Some((
+        p["video_packets"]["bytes"].as_u64()?,
+        p["publish_cap_kbps"].as_u64()?,
+    ))
+}
+
+/// Kbit/s of a publisher's video arriving over `window`.
+async fn arriving_kbps(server: &TestServer, room: &str, session: &str, window: Duration) -> f64 {
+    let (a, _) = received_video(server, room, session).await.expect("listed");
+    tokio::time::sleep(window).await;
+    let (b, _) = received_video(server, room, session).await.expect("listed");
+    (b - a) as f64 * 8.0 / window.as_secs_f64() / 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_publisher_off_screen_is_asked_for_a_trickle() {
+    init_logging();
+    let mut config = test_config();
+    config.video.max_tiles = 1;
+    let server = std::sync::Arc::new(TestServer::start(config).await);
+    let room = "trickle";
+    // Chromium joins first: with one tile it is on screen, and asked for what a full canvas
+    // needs. Then a webrtc-rs participant joins and is pinned: Chromium goes off screen.
+    let s = server.clone();
+    let watcher = tokio::spawn(async move {
+        let chromium = loop {
+            if let Some(info) = s.room_info(room).await
+                && let Some(p) = info["participants"].as_array().and_then(|p| {
+                    p.iter()
+                        .find(|p| p["video_started"] == true && !p["video_packets"].is_null())
+                })
+            {
+                break p["session"].as_str().unwrap_or_default().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Let Chromium's bandwidth estimate climb, then measure it on screen.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (_, cap_on) = received_video(&s, room, &chromium).await.expect("listed");
+        let on = arriving_kbps(&s, room, &chromium, Duration::from_secs(3)).await;
+        let other = Client::join(
+            &s.url(""),
+            room,
+            ClientOptions::participant(0xff00ff00, 500.0),
+        )
+        .await;
+        let pin = serde_json::json!({ "pin": [other.location.rsplit('/').next().unwrap()] });
+        let r = reqwest::Client::new()
+            .put(s.url(&format!("/api/rooms/{room}/layout")))
+            .json(&pin)
+            .send()
+            .await
+            .expect("PUT layout");
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (_, cap_off) = received_video(&s, room, &chromium).await.expect("listed");
+        let off = arriving_kbps(&s, room, &chromium, Duration::from_secs(3)).await;
+        other.close().await;
+        (cap_on, on, cap_off, off)
+    });
+    let (report, _) = chromium_report(
+        &server,
+        room,
+        "127.0.0.1".parse().unwrap(),
+        None,
+        "&seconds=20&w=640&h=480",
+    )
+    .await;
+    assert!(report.get("error").is_none(), "page error: {report}");
+    let (cap_on, on, cap_off, off) = watcher.await.expect("the watcher ran");
+    let targets: Vec<f64> = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["targetBitrate"].as_f64().unwrap_or(0.0) / 1000.0)
+        .collect();
+    println!(
+        "chromium on screen: asked ≤ {cap_on} kbit/s, sent {on:.0}; off screen: asked ≤ {cap_off} kbit/s, sent {off:.0}; its encoder's targets (kbit/s): {targets:.0?}"
+    );
+    assert_eq!(cap_off, mixdown::room::layout::HIDDEN_PUBLISH_KBPS as u64);
+    assert!(cap_on > cap_off, "on screen it may send more: {cap_on}");
+    // RTP and SRTP headers on top of the payload ceiling: at most a fifth more.
+    assert!(
+        off <= cap_off as f64 * 1.2,
+        "off screen Chromium still sends {off:.0} kbit/s (asked ≤ {cap_off})"
+    );
+    assert!(
+        on >= 2.0 * off,
+        "on screen it sent {on:.0} kbit/s, barely more than off screen ({off:.0})"
+    );
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.stop().await,
+        Err(_) => panic!("the server is still shared"),
+    }
 }

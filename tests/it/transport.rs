@@ -260,7 +260,7 @@ async fn a_browser_that_reaches_only_tcp_connects_over_ice_tcp() {
         },
     )
     .await;
-    let (report, joined) = chromium_report(&server, room, ns.host_ip.into(), Some(&ns)).await;
+    let (report, joined) = chromium_report(&server, room, ns.host_ip.into(), Some(&ns), "").await;
     assert!(report.get("error").is_none(), "page error: {report}");
     assert!(joined, "the server never decoded Chromium's camera");
     let last = assert_decoded_the_mix(&report);

@@ -9,7 +9,7 @@
 use super::Room;
 use crate::ids::SessionId;
 use crate::media::{SharedRtpSink, VideoCodec, VideoGate};
-use crate::room::layout::{LayoutMode, Tile};
+use crate::room::layout::{LayoutMode, Tile, publish_cap_kbps};
 use crate::room::{LayoutInfo, RoomError};
 use crate::signal::{ServerMessage, TileInfo};
 use std::collections::HashSet;
@@ -126,12 +126,32 @@ impl Room {
             gate: Arc::clone(&gate),
         });
         p.video_started = true;
+        p.publish_cap = None;
         if self.shown.contains(&session) {
             // Its name card gives way to a decoder (in the same tile).
             self.video.hide_card(session);
             self.show_tile(session);
         }
+        self.apply_publish_caps();
         Some(gate)
+    }
+
+    /// Asks each publisher whose video has started for what its tile needs (a trickle when
+    /// off screen), when that changed.
+    pub(super) fn apply_publish_caps(&mut self) {
+        let v = &self.registry.config.video;
+        let (canvas, kbps) = ((v.width, v.height), v.bitrate_kbps);
+        for (id, p) in self.participants.iter_mut() {
+            if p.video_in.is_none() {
+                continue;
+            }
+            let cap = publish_cap_kbps(self.tiles.get(id).copied(), canvas, kbps);
+            if p.publish_cap != Some(cap) {
+                p.publish_cap = Some(cap);
+                p.peer.cap_publisher(f64::from(cap) * 1000.0);
+                tracing::debug!(room = %self.id, session = %id, kbps = cap, "publisher asked to send at most");
+            }
+        }
     }
 
     /// A decoder's first picture: the card that covered its tile goes (unless the camera is
@@ -159,6 +179,7 @@ impl Room {
         let placed: Vec<(SessionId, Tile)> = ids.into_iter().zip(tiles).collect();
         self.tiles = placed.iter().copied().collect();
         self.video.apply_layout(&placed);
+        self.apply_publish_caps();
         let info = self.layout_info();
         self.broadcast(ServerMessage::Layout {
             width,
