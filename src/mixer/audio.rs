@@ -6,8 +6,9 @@
 //!
 //! Levels come from the RFC 6464 audio-level header extension browsers put in every packet,
 //! so a source outside the mix is **not decoded**: its packets only update its level and
-//! sequence number. A source that sends no level is decoded to measure it. Entering or leaving
-//! the mix fades over two frames ([`dsp::fade`]).
+//! sequence number. A source that sends no level is decoded to measure it. Leaving the mix,
+//! and entering it mid-sound (replacing a quieter voice), fades over two frames
+//! ([`dsp::fade`]); a voice that starts after silence enters from its onset at full gain.
 //!
 //! It never blocks on a listener: a full listener queue drops that listener's frame.
 
@@ -418,7 +419,11 @@ impl Mixer {
                 s.decoding = true;
                 let _ = s.decoder.reset_state();
                 s.fifo.clear();
-                s.gain = 0.0;
+                // A voice that starts after silence is decoded from its onset, which cannot
+                // click: it plays at once. One that was already speaking (it replaces a
+                // quieter one) is cut into mid-sound: it fades in.
+                let onset = s.pending.front().is_some_and(|(_, db)| *db <= SILENCE_DBOV);
+                s.gain = if onset { 1.0 } else { 0.0 };
                 // The packets that brought it in, so its first syllable is heard.
                 for (p, dbov) in s.pending.drain(..) {
                     if dbov <= SILENCE_DBOV {

@@ -321,11 +321,15 @@ impl VideoMixer {
         Ok((comp_pad, tile_filter))
     }
 
+    /// Links `bin` as the participant's tile source (replacing the one it had, in the same
+    /// tile), placed at `tile` (or the replaced one's) before it starts: a source whose caps
+    /// change while it negotiates can fail with not-negotiated.
     fn attach(
         &mut self,
         id: SessionId,
         bin: gst::Bin,
         placeholder: bool,
+        tile: Option<Tile>,
     ) -> Result<(), MixerError> {
         let (comp_pad, tile_filter) = self.link_bin(&bin, ZORDER_TILE)?;
         let previous = self.slots.insert(
@@ -338,12 +342,21 @@ impl VideoMixer {
                 tile: None,
             },
         );
-        let tile = previous.as_ref().and_then(|p| p.tile);
+        let tile = tile.or(previous.as_ref().and_then(|p| p.tile));
         if let Some(old) = previous {
             self.detach(old);
         }
         if let Some(tile) = tile {
-            self.set_tile(id, tile);
+            let framerate = self.settings.framerate;
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.tile = Some(tile);
+                apply_tile(
+                    &slot.comp_pad,
+                    &slot.tile_filter,
+                    tile,
+                    placeholder.then_some(framerate),
+                );
+            }
         }
         bin.sync_state_with_parent().map_err(MixerError::glib)?;
         Ok(())
@@ -386,13 +399,18 @@ impl VideoMixer {
 
     /// A tile for a participant whose video has not started (or who publishes none): a name
     /// card.
-    pub fn add_placeholder(&mut self, id: SessionId, name: &str) -> Result<(), MixerError> {
+    pub fn add_placeholder(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        tile: Option<Tile>,
+    ) -> Result<(), MixerError> {
         let bin = self.name_card(name)?;
-        // Fixed caps until the layout gives the tile its size.
+        // The canvas' size until the layout gives the tile its own.
         let filter = by_name(&bin, "tile")?;
         let (w, h) = (self.settings.width, self.settings.height);
         apply_tile_caps(&filter, w, h, Some(self.settings.framerate));
-        self.attach(id, bin, true)
+        self.attach(id, bin, true, tile)
     }
 
     /// Replaces the participant's tile source with a decoder of its RTP. Keyframe requests from
@@ -403,6 +421,7 @@ impl VideoMixer {
         codec: VideoCodec,
         payload_type: u8,
         pli: mpsc::Sender<()>,
+        tile: Option<Tile>,
     ) -> Result<SharedRtpSink, MixerError> {
         let bin = parse_bin(match codec {
             VideoCodec::Vp8 => VP8_INPUT,
@@ -438,7 +457,7 @@ impl VideoMixer {
                 gst::PadProbeReturn::Remove
             });
         }
-        self.attach(id, bin, false)?;
+        self.attach(id, bin, false, tile)?;
         tracing::debug!(room = %self.room, session = %id, %codec, "video input started");
         Ok(Arc::new(AppSrcSink {
             appsrc,
@@ -493,13 +512,15 @@ impl VideoMixer {
         }
     }
 
+    /// Moves a participant's tile (and card). Nothing is touched where the tile is the same:
+    /// new caps on a source that is still negotiating can stop it.
     fn set_tile(&mut self, id: SessionId, tile: Tile) {
         let framerate = self.settings.framerate;
-        if let Some(card) = self.cards.get_mut(&id) {
+        if let Some(card) = self.cards.get_mut(&id).filter(|c| c.tile != Some(tile)) {
             card.tile = Some(tile);
             apply_tile(&card.comp_pad, &card.tile_filter, tile, Some(framerate));
         }
-        if let Some(slot) = self.slots.get_mut(&id) {
+        if let Some(slot) = self.slots.get_mut(&id).filter(|s| s.tile != Some(tile)) {
             slot.tile = Some(tile);
             apply_tile(
                 &slot.comp_pad,

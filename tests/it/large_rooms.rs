@@ -182,6 +182,20 @@ fn assert_hears_only(who: &str, r: &Received, present: &[f32], absent: &[f32]) {
     }
 }
 
+/// Participant i (sending `SIX_TONES[i]`) hears each of `loud` but its own, and none of the
+/// other tones.
+fn everyone_hears_only(people: &[Client], loud: &[f32], when: &str) {
+    for (p, own) in people.iter().zip(SIX_TONES) {
+        let present: Vec<f32> = loud.iter().copied().filter(|f| *f != own).collect();
+        let absent: Vec<f32> = SIX_TONES
+            .iter()
+            .copied()
+            .filter(|f| !present.contains(f))
+            .collect();
+        assert_hears_only(&format!("{own} Hz{when}"), &p.received, &present, &absent);
+    }
+}
+
 /// How far the high-frequency energy of any 5 ms of `samples` stands out from the 100 ms
 /// on either side of it. A click is a step, broadband, and stands far out of its
 /// neighbourhood; a voice fading in or out raises the energy gradually, which its
@@ -236,17 +250,7 @@ async fn the_three_loudest_are_heard_and_a_louder_fourth_replaces_the_quietest()
         .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let loud = &SIX_TONES[..3];
-    for (i, p) in people.iter().enumerate() {
-        let own = SIX_TONES[i];
-        let present: Vec<f32> = loud.iter().copied().filter(|f| *f != own).collect();
-        let absent: Vec<f32> = SIX_TONES
-            .iter()
-            .copied()
-            .filter(|f| !present.contains(f))
-            .collect();
-        assert_hears_only(&format!("{own} Hz"), &p.received, &present, &absent);
-    }
+    everyone_hears_only(&people, &SIX_TONES[..3], "");
     let info = server.room_info(room).await.expect("room info");
     let in_mix = |info: &Value| -> Vec<bool> {
         people
@@ -278,17 +282,11 @@ async fn the_three_loudest_are_heard_and_a_louder_fourth_replaces_the_quietest()
         "replacing took {replaced_after:?}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let now_loud = [SIX_TONES[0], SIX_TONES[1], SIX_TONES[5]];
-    for (i, p) in people.iter().enumerate() {
-        let own = SIX_TONES[i];
-        let present: Vec<f32> = now_loud.iter().copied().filter(|f| *f != own).collect();
-        let absent: Vec<f32> = SIX_TONES
-            .iter()
-            .copied()
-            .filter(|f| !present.contains(f))
-            .collect();
-        assert_hears_only(&format!("{own} Hz after"), &p.received, &present, &absent);
-    }
+    everyone_hears_only(
+        &people,
+        &[SIX_TONES[0], SIX_TONES[1], SIX_TONES[5]],
+        " after",
+    );
     // No click across the change: the switch's high-frequency burst stands out from the
     // steady tones no more than their own codec noise does.
     let ratio = click_ratio(&across);

@@ -285,6 +285,40 @@ async fn two_people_meet_in_the_web_app() {
         "a WHEP viewer is audience, not a listed participant"
     );
 
+    // Ada switches the room to speaker mode and pins Bob from the participant list: both
+    // pages follow, and Bob has the large region.
+    cdp.eval(&ada, "document.getElementById('layout-speaker').click()")
+        .await;
+    cdp.eval(
+        &ada,
+        &format!("{bob_li}.querySelector('button.pin').click()"),
+    )
+    .await;
+    wait_for(
+        "speaker mode with Bob pinned, on both pages",
+        LIMIT,
+        || async {
+            let mut ok = true;
+            for page in [&ada, &bob] {
+                let l = cdp.eval(page, "window.mixdown.layout").await;
+                let big = l["tiles"]
+                    .as_array()
+                    .and_then(|t| t.iter().find(|t| t["id"] == bob_id))
+                    .and_then(|t| t["w"].as_f64())
+                    .is_some_and(|w| w > 0.5);
+                ok &= l["mode"] == "speaker" && l["pinned"][0] == bob_id && big;
+            }
+            let pressed = cdp
+                .eval(
+                    &ada,
+                    "document.getElementById('layout-speaker').getAttribute('aria-pressed')",
+                )
+                .await;
+            ok && pressed == "true"
+        },
+    )
+    .await;
+
     // A screenshot of Ada's room page, as a build artefact.
     let shot = cdp
         .call(

@@ -42,6 +42,8 @@ impl Room {
         for id in hidden {
             self.hide_tile(id);
         }
+        // Tiles first, so that a new source starts at its final size.
+        self.place();
         let newly: Vec<SessionId> = self
             .visible
             .visible()
@@ -75,27 +77,30 @@ impl Room {
         self.shown.insert(id);
         let name = p.name.clone();
         let muted = p.video_muted;
+        let tile = self.tiles.get(&id).copied();
         let decoder = match &p.video_in {
-            Some(v) => match self
-                .video
-                .add_video_input(id, v.codec, v.payload_type, v.pli.clone())
-            {
-                Ok(sink) => {
-                    v.gate.open(sink);
-                    // Its first picture now, not at its next periodic keyframe.
-                    let _ = v.pli.try_send(());
-                    true
+            Some(v) => {
+                match self
+                    .video
+                    .add_video_input(id, v.codec, v.payload_type, v.pli.clone(), tile)
+                {
+                    Ok(sink) => {
+                        v.gate.open(sink);
+                        // Its first picture now, not at its next periodic keyframe.
+                        let _ = v.pli.try_send(());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(room = %self.id, session = %id, "video input: {e}");
+                        false
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(room = %self.id, session = %id, "video input: {e}");
-                    false
-                }
-            },
+            }
             None => false,
         };
         if decoder {
             self.awaiting_first.insert(id);
-        } else if let Err(e) = self.video.add_placeholder(id, &name) {
+        } else if let Err(e) = self.video.add_placeholder(id, &name, tile) {
             tracing::error!(room = %self.id, session = %id, "placeholder tile: {e}");
         }
         if (decoder || muted)
@@ -165,21 +170,28 @@ impl Room {
         }
     }
 
-    /// Places the visible participants by the current layout and tells clients.
-    pub(super) fn relayout(&mut self) {
+    /// Where each visible participant goes by the current layout (`self.tiles`).
+    fn place(&mut self) -> Vec<(SessionId, Tile)> {
         let ids = match self.layout {
             LayoutMode::Speaker => self.visible.featured_first(),
             _ => self.visible.visible().to_vec(),
         };
+        let v = &self.registry.config.video;
+        let tiles = self.layout.tiles(ids.len(), v.width, v.height);
+        let placed: Vec<(SessionId, Tile)> = ids.into_iter().zip(tiles).collect();
+        self.tiles = placed.iter().copied().collect();
+        placed
+    }
+
+    /// Places the visible participants by the current layout and tells clients.
+    pub(super) fn relayout(&mut self) {
+        let placed = self.place();
+        self.video.apply_layout(&placed);
+        self.apply_publish_caps();
         let (width, height) = (
             self.registry.config.video.width,
             self.registry.config.video.height,
         );
-        let tiles = self.layout.tiles(ids.len(), width, height);
-        let placed: Vec<(SessionId, Tile)> = ids.into_iter().zip(tiles).collect();
-        self.tiles = placed.iter().copied().collect();
-        self.video.apply_layout(&placed);
-        self.apply_publish_caps();
         let info = self.layout_info();
         self.broadcast(ServerMessage::Layout {
             width,
