@@ -53,6 +53,8 @@ async fn run() -> anyhow::Result<()> {
                     "info,webrtc=warn,rtc=warn,rtc_dtls::config=error,rtc_ice::agent=error".into()
                 }),
         )
+        // Logs go to stderr (as the README says), leaving stdout to what a command prints.
+        .with_writer(std::io::stderr)
         .init();
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,

@@ -93,7 +93,10 @@ impl ServerProcess {
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("MIXDOWN_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -140,6 +143,12 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // `MIXDOWN_BENCH_LOGS=DIR` keeps each server's log (its warnings and errors) there.
+        if let Ok(dir) = std::env::var("MIXDOWN_BENCH_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let name = format!("server-{}.log", self.child.id());
+            let _ = std::fs::copy(self.dir.join("server.log"), Path::new(&dir).join(name));
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

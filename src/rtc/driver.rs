@@ -57,6 +57,12 @@ pub(super) enum Command {
     Close,
 }
 
+/// A connected receiver still waiting for a keyframe asks again this often: the keyframe its
+/// first request was served by may have left before it was connected (a request within
+/// 60 ms of a forced keyframe is served by that keyframe), and the periodic one is seconds
+/// away.
+const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+
 /// A publisher's ceiling is repeated this often (as receivers repeat REMB), so a lost packet
 /// or a sender that restarted its estimate still gets it.
 const REMB_INTERVAL: Duration = Duration::from_secs(1);
@@ -312,6 +318,8 @@ pub(super) struct Driver {
     last_pad: Instant,
     pad_debt: f64,
     next_report: Instant,
+    /// When this receiver last asked for a keyframe while waiting for one.
+    keyframe_asked: Option<Instant>,
     /// The ceiling asked of this publisher's video (bit/s), and when to repeat it.
     publish_cap: Option<f64>,
     next_remb: Instant,
@@ -424,6 +432,7 @@ impl Driver {
             last_pad: now,
             pad_debt: 0.0,
             next_report: now + LINK_REPORT_INTERVAL,
+            keyframe_asked: None,
             publish_cap: None,
             next_remb: now,
             reported_loss: 0.0,
@@ -951,6 +960,18 @@ impl Driver {
         if !self.connected || (v.need_keyframe && !frame.keyframe) {
             v.need_keyframe |= !self.connected;
             v.rtp.skip(&frame);
+            let now = Instant::now();
+            if self.connected
+                && self
+                    .keyframe_asked
+                    .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
+            {
+                self.keyframe_asked = Some(now);
+                let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
+                    codec: v.codec,
+                    tier: v.tier,
+                });
+            }
             return;
         }
         v.need_keyframe = false;
