@@ -118,8 +118,43 @@ pub enum VideoEvent {
 /// changes fits. When full, that participant's name card stays until its next change.
 pub const VIDEO_EVENT_QUEUE: usize = 128;
 
+/// Names of the branches most recently taken out of a pipeline, shared with its bus watch:
+/// an error a branch reports while it is being removed is expected, not a failure.
+#[derive(Clone, Default)]
+pub(crate) struct Leaving(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+/// Branches remembered as leaving (their errors arrive within milliseconds).
+const LEAVING_KEPT: usize = 64;
+
+impl Leaving {
+    fn push(&self, name: String) {
+        if let Ok(mut l) = self.0.lock() {
+            if l.len() == LEAVING_KEPT {
+                l.pop_front();
+            }
+            l.push_back(name);
+        }
+    }
+
+    /// Whether `src` is inside one of the leaving branches.
+    fn contains(&self, src: Option<&gst::Object>) -> bool {
+        let Ok(l) = self.0.lock() else {
+            return false;
+        };
+        let mut object = src.cloned();
+        while let Some(o) = object {
+            if l.iter().any(|n| *n == o.name()) {
+                return true;
+            }
+            object = o.parent();
+        }
+        false
+    }
+}
+
 pub struct VideoMixer {
     room: RoomId,
+    leaving: Leaving,
     events: mpsc::Sender<VideoEvent>,
     settings: VideoSettings,
     pipeline: gst::Pipeline,
@@ -267,10 +302,12 @@ impl VideoMixer {
             .add_many([&compositor, &filter, &tee])
             .map_err(MixerError::glib)?;
         gst::Element::link_many([&compositor, &filter, &tee]).map_err(MixerError::glib)?;
-        let bus_task = spawn_bus_watch(room.clone(), &pipeline);
+        let leaving = Leaving::default();
+        let bus_task = spawn_bus_watch(room.clone(), &pipeline, Some(leaving.clone()));
         LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         Ok(Self {
             room,
+            leaving,
             events,
             settings,
             pipeline,
@@ -363,6 +400,7 @@ impl VideoMixer {
     }
 
     fn detach(&self, slot: Slot) {
+        self.leaving.push(slot.bin.name().to_string());
         if let Some(src) = slot.bin.static_pad("src") {
             // Buffers the branch still pushes are dropped (flow OK), so unlinking never makes
             // its streaming thread fail with not-linked.
@@ -866,6 +904,7 @@ fn gst_video_is_force_key_unit(ev: &gst::Event) -> bool {
 pub(crate) fn spawn_bus_watch(
     room: RoomId,
     pipeline: &gst::Pipeline,
+    leaving: Option<Leaving>,
 ) -> tokio::task::JoinHandle<()> {
     let bus = pipeline.bus();
     let weak = pipeline.downgrade();
@@ -878,7 +917,10 @@ pub(crate) fn spawn_bus_watch(
                 // A branch removed while it was still starting (a tile that came and went
                 // within milliseconds) may report a failure on its way out: it is gone, and
                 // nothing on screen depends on it.
-                gst::MessageView::Error(e) if detached(e.src(), weak.upgrade().as_ref()) => {
+                gst::MessageView::Error(e)
+                    if detached(e.src(), weak.upgrade().as_ref())
+                        || leaving.as_ref().is_some_and(|l| l.contains(e.src())) =>
+                {
                     tracing::debug!(
                         room = %room,
                         source = ?e.src().map(|s| s.path_string()),

@@ -102,7 +102,7 @@ impl AacEncoder {
                 })
                 .build(),
         );
-        let bus = crate::mixer::video::spawn_bus_watch(room.clone(), &pipeline);
+        let bus = crate::mixer::video::spawn_bus_watch(room.clone(), &pipeline, None);
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| OutputError::Pipeline("the AAC encoder would not start".into()))?;
