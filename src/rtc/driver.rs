@@ -57,10 +57,10 @@ pub(super) enum Command {
     Close,
 }
 
-/// A connected receiver still waiting for a keyframe asks again this often: the keyframe its
-/// first request was served by may have left before it was connected (a request within
-/// 60 ms of a forced keyframe is served by that keyframe), and the periodic one is seconds
-/// away.
+/// A connected receiver still waiting for a keyframe (to start, or to move to another tier)
+/// asks again this often: the keyframe its first request was served by may have left before
+/// it was connected or subscribed (a request within 60 ms of a forced keyframe is served by
+/// that keyframe), and the periodic one is seconds away.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 
 /// A publisher's ceiling is repeated this often (as receivers repeat REMB), so a lost packet
@@ -1011,7 +1011,22 @@ impl Driver {
                 });
                 self.send_frame(f);
             }
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Still no keyframe of the encode it moves to: ask again (its first request
+                // may have been served by a keyframe that left before it subscribed).
+                let now = Instant::now();
+                if let Some((tier, _)) = &v.next
+                    && self
+                        .keyframe_asked
+                        .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
+                {
+                    self.keyframe_asked = Some(now);
+                    let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
+                        codec: v.codec,
+                        tier: *tier,
+                    });
+                }
+            }
             Err(broadcast::error::RecvError::Closed) => v.next = None,
         }
     }
