@@ -138,8 +138,10 @@ async fn a_receiver_behind_300_kbits_gets_a_smooth_lower_tier_and_climbs_back() 
         settled.height > 0 && settled.height < 360,
         "a lower tier: {settled:?}, {q}"
     );
+    // The lower tiers run at exactly 15 fps; frames are counted between two page samples,
+    // so the window may hold one frame less than its length says (14.98 fps was seen).
     assert!(
-        settled.fps >= 15.0,
+        settled.fps * settled.seconds + 1.0 >= 15.0 * settled.seconds,
         "fps behind 300 kbit/s: {settled:?}, {q}"
     );
     assert!(
