@@ -164,8 +164,12 @@ impl VideoGate {
 impl RtpSink for VideoGate {
     fn push_rtp(&self, packet: Bytes) {
         self.bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
-        let decoder = self.decoder.read().ok().and_then(|d| d.clone());
-        match decoder {
+        // Pushed under the read lock (the decoder's sink never blocks): no reference count
+        // to take per packet.
+        let Ok(decoder) = self.decoder.read() else {
+            return;
+        };
+        match decoder.as_ref() {
             Some(d) => {
                 self.passed.fetch_add(1, Ordering::Relaxed);
                 d.push_rtp(packet);

@@ -960,17 +960,9 @@ impl Driver {
         if !self.connected || (v.need_keyframe && !frame.keyframe) {
             v.need_keyframe |= !self.connected;
             v.rtp.skip(&frame);
-            let now = Instant::now();
-            if self.connected
-                && self
-                    .keyframe_asked
-                    .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
-            {
-                self.keyframe_asked = Some(now);
-                let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
-                    codec: v.codec,
-                    tier: v.tier,
-                });
+            let (codec, tier) = (v.codec, v.tier);
+            if self.connected {
+                self.ask_keyframe_again(codec, tier);
             }
             return;
         }
@@ -1014,21 +1006,30 @@ impl Driver {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Still no keyframe of the encode it moves to: ask again (its first request
                 // may have been served by a keyframe that left before it subscribed).
-                let now = Instant::now();
-                if let Some((tier, _)) = &v.next
-                    && self
-                        .keyframe_asked
-                        .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
-                {
-                    self.keyframe_asked = Some(now);
-                    let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
-                        codec: v.codec,
-                        tier: *tier,
-                    });
+                if let Some((tier, _)) = &v.next {
+                    let (codec, tier) = (v.codec, *tier);
+                    self.ask_keyframe_again(codec, tier);
                 }
             }
             Err(broadcast::error::RecvError::Closed) => v.next = None,
         }
+    }
+
+    /// Asks for a keyframe of `(codec, tier)` while this receiver waits for one, at most
+    /// every [`KEYFRAME_RETRY`].
+    fn ask_keyframe_again(&mut self, codec: VideoCodec, tier: usize) {
+        let now = Instant::now();
+        if self
+            .keyframe_asked
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_RETRY)
+        {
+            return;
+        }
+        self.keyframe_asked = Some(now);
+        let _ = self
+            .io
+            .events
+            .try_send(SessionEvent::KeyframeRequest { codec, tier });
     }
 
     fn video_command(&mut self, c: VideoCommand) {
