@@ -81,6 +81,15 @@ pub struct HlsConfig {
 pub struct RtmpConfig {
     /// Longest wait between attempts to reach a lost RTMP server.
     pub max_retry_s: u32,
+    /// URL prefixes a stream may be pushed to, each starting with `rtmp://` or `rtmps://` and
+    /// closing its host with `/` (`rtmp://ingest.example.com/`, `rtmp://127.0.0.1:1935/live/`),
+    /// matched as plain string prefixes of the URL a caller gives.
+    ///
+    /// Empty (the default): any destination whose host resolves only to public addresses;
+    /// loopback, private, link-local, CGNAT, multicast and documentation addresses are refused.
+    /// Non-empty: only URLs starting with one of these prefixes, whatever their address, so a
+    /// private or loopback server is reachable only by listing it.
+    pub allow: Vec<String>,
 }
 
 impl Default for RecordingConfig {
@@ -107,6 +116,7 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             max_retry_s: DEFAULT_RTMP_MAX_RETRY_S,
+            allow: Vec::new(),
         }
     }
 }
@@ -488,6 +498,14 @@ impl Config {
             "rtmp.max_retry_s",
             format!("{} must be within 1..=3600", self.rtmp.max_retry_s),
         )?;
+        for prefix in &self.rtmp.allow {
+            crate::output::destination::check_allow_prefix(prefix).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "rtmp.allow",
+                    reason: format!("{prefix:?}: {reason}"),
+                }
+            })?;
+        }
         for (key, dir) in [
             ("recording.dir", &self.recording.dir),
             ("hls.dir", &self.hls.dir),

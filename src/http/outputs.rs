@@ -178,7 +178,35 @@ pub(super) async fn start_stream(
                 "an HLS stream takes no url: it is served at /hls/{room}/index.m3u8".into(),
             ));
         }
-        ("rtmp", Some(url)) => OutputRequest::Rtmp { url },
+        ("rtmp", Some(url)) => {
+            // Checked here, before the room is asked: resolving the host must not hold up the
+            // room's actor, and a refused destination starts nothing.
+            use crate::output::destination::{Policy, RESOLVE_TIMEOUT, RtmpUrl};
+            let target = RtmpUrl::parse(&url).map_err(ApiError::BadRequest)?;
+            let policy = Policy::new(state.rooms.config().rtmp.allow.clone());
+            let resolved: Vec<std::net::SocketAddr> = if policy.needs_addresses(&url) {
+                let lookup = tokio::net::lookup_host(target.lookup_target());
+                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                    Ok(Ok(addrs)) => addrs.collect(),
+                    // Only "cannot resolve host" reaches the caller.
+                    Ok(Err(e)) => {
+                        tracing::debug!(host = %target.host, "RTMP host did not resolve: {e}");
+                        Vec::new()
+                    }
+                    Err(_) => {
+                        tracing::debug!(host = %target.host, "RTMP host resolution timed out");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            if let Err(refused) = policy.check(&url, &resolved) {
+                tracing::warn!(%room, "{refused}");
+                return Err(ApiError::BadRequest(refused));
+            }
+            OutputRequest::Rtmp { url }
+        }
         ("rtmp", None) => {
             return Err(ApiError::BadRequest(
                 "an RTMP stream needs \"url\": \"rtmp://host/app/key\"".into(),

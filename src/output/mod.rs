@@ -6,8 +6,12 @@
 //! An output never slows the room: it reads broadcast channels and bounded queues, and drops
 //! (and counts) what it cannot write in time. Its status lives in the [`OutputTable`], which
 //! outlives the room, so a finished recording is still listed after everyone has left.
+//!
+//! An RTMP destination is parsed, redacted and checked against the address policy in
+//! [`destination`] before its output starts; a caller never sees GStreamer's own words about it.
 
 pub mod aac;
+pub mod destination;
 pub mod pipeline;
 pub mod spec;
 pub mod task;
@@ -132,7 +136,7 @@ pub struct OutputInfo {
     pub bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// RTMP destination (stream key hidden) or HLS playlist URL.
+    /// RTMP destination (stream key hidden by [`destination::redact`]) or HLS playlist URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Frames dropped because the destination could not keep up.
@@ -276,64 +280,5 @@ impl OutputTable {
     /// Whether any output of `room` is remembered.
     pub fn knows_room(&self, room: &RoomId) -> bool {
         self.lock().entries.values().any(|e| &e.room == room)
-    }
-}
-
-/// `rtmp://host/app/key` with the stream key hidden, for the API and the logs.
-pub fn redact_url(url: &str) -> String {
-    match url.rfind('/') {
-        Some(i) if i + 1 < url.len() && url[..i].matches('/').count() >= 3 => {
-            format!("{}/…", &url[..i])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// An RTMP destination must be `rtmp://` or `rtmps://` with a host and no whitespace.
-pub fn check_rtmp_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("rtmp://")
-        .or_else(|| url.strip_prefix("rtmps://"));
-    match rest {
-        Some(r)
-            if !r.is_empty()
-                && !r.starts_with('/')
-                && url.len() <= 2048
-                && !url.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{url:?} is not an RTMP URL (rtmp://host[:port]/app/stream or rtmps://…)"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_keys_are_hidden() {
-        assert_eq!(
-            redact_url("rtmp://a.rtmp.youtube.com/live2/abcd-efgh"),
-            "rtmp://a.rtmp.youtube.com/live2/…"
-        );
-        assert_eq!(redact_url("rtmp://host/app"), "rtmp://host/app");
-    }
-
-    #[test]
-    fn rtmp_urls_are_checked() {
-        assert!(check_rtmp_url("rtmp://127.0.0.1:1935/live/x").is_ok());
-        assert!(check_rtmp_url("rtmps://live.example/app/key").is_ok());
-        for bad in [
-            "http://x/y",
-            "rtmp://",
-            "rtmp:///x",
-            "rtmp://a b/c",
-            "file:///etc",
-        ] {
-            assert!(check_rtmp_url(bad).is_err(), "{bad}");
-        }
     }
 }

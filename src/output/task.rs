@@ -1,6 +1,7 @@
 //! The task that runs one output: reads the room's frames, stamps them, writes them, answers
 //! pause/resume/stop, keeps its status in the [`OutputTable`], and retries RTMP with back-off.
 
+use super::destination::{RTMP_UNREACHABLE, redact, scrub};
 use super::pipeline::{BusEvent, BusEvents, OutputPipeline, Stream};
 use super::timeline::Timeline;
 use super::{Control, OutputError, OutputInfo, OutputState, OutputTable};
@@ -34,9 +35,18 @@ impl AudioInput {
 
 /// How to (re)build the pipeline, and what kind of output it is.
 pub enum Destination {
-    File { path: PathBuf },
-    Hls { segment: Duration },
-    Rtmp { max_retry: Duration },
+    File {
+        path: PathBuf,
+    },
+    Hls {
+        segment: Duration,
+    },
+    /// `url` is the full destination, stream key included: it only ever reaches GStreamer
+    /// and, through [`redact`] and [`scrub`], the log.
+    Rtmp {
+        max_retry: Duration,
+        url: String,
+    },
 }
 
 /// Builds a fresh pipeline (RTMP rebuilds one per connection attempt).
@@ -142,9 +152,10 @@ impl OutputTask {
                     }
                     run.bus = None;
                     match self.destination {
-                        Destination::Rtmp { max_retry } => {
+                        Destination::Rtmp { max_retry, .. } => {
                             let delay = retry_delay(run.attempt, max_retry);
                             run.attempt += 1;
+                            let message = self.public_error(&message);
                             tracing::warn!(output = %self.id, retry_in_s = delay.as_secs(), "RTMP output lost: {message}");
                             run.retry_at = Some(Instant::now() + delay);
                             run.error = Some(message);
@@ -170,6 +181,7 @@ impl OutputTask {
             _ => Ok(()),
         };
         if let Err(e) = finalised {
+            let e = self.public_error(&e);
             tracing::error!(output = %self.id, "finalising failed: {e}");
             run.error = Some(e);
             failed = true;
@@ -269,7 +281,7 @@ impl OutputTask {
                     let delay = retry_delay(run.attempt, self.max_retry());
                     run.attempt += 1;
                     run.retry_at = Some(now + delay);
-                    run.error = Some(e.to_string());
+                    run.error = Some(self.public_error(&e.to_string()));
                 }
             }
         }
@@ -303,8 +315,27 @@ impl OutputTask {
 
     fn max_retry(&self) -> Duration {
         match self.destination {
-            Destination::Rtmp { max_retry } => max_retry,
+            Destination::Rtmp { max_retry, .. } => max_retry,
             _ => Duration::from_secs(30),
+        }
+    }
+
+    /// What the API shows for an error: a file output's own message (a path, a full disk),
+    /// but for RTMP one fixed sentence, since GStreamer's words (refused, reset, timed out)
+    /// would let a caller probe which ports are open. The details go to the debug log with
+    /// the stream key hidden.
+    fn public_error(&self, detail: &str) -> String {
+        match &self.destination {
+            Destination::Rtmp { url, .. } => {
+                tracing::debug!(
+                    output = %self.id,
+                    url = %redact(url),
+                    "RTMP error: {}",
+                    scrub(detail, url)
+                );
+                RTMP_UNREACHABLE.into()
+            }
+            _ => detail.to_owned(),
         }
     }
 

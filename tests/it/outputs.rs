@@ -540,6 +540,8 @@ async fn rtmp_reaches_a_real_server_and_survives_losing_it() {
     let nginx = Nginx::start(&dir, port);
     let mut config = output_config(&dir);
     config.rtmp.max_retry_s = 2;
+    // A loopback server is refused unless the operator lists it.
+    config.rtmp.allow = vec![format!("rtmp://127.0.0.1:{port}/")];
     let server = TestServer::start(config).await;
     let base = server.url("");
     let room = "cast";
@@ -582,7 +584,12 @@ async fn rtmp_reaches_a_real_server_and_survives_losing_it() {
     })
     .await;
     let (_, v) = send(reqwest::Method::GET, &stream, None).await;
-    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    // One fixed sentence, not GStreamer's (which would tell a closed port from an open one).
+    assert_eq!(
+        v["error"].as_str(),
+        Some(mixdown::output::destination::RTMP_UNREACHABLE),
+        "{v}"
+    );
     let before = viewer.received.frame_count();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
@@ -604,6 +611,98 @@ async fn rtmp_reaches_a_real_server_and_survives_losing_it() {
     b.close().await;
     viewer.close().await;
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_destinations_outside_the_policy_are_refused_before_anything_starts() {
+    init_logging();
+    let dir = temp_dir("rtmp-policy");
+    // Something listens on the port, so a refusal cannot come from a failed connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let refused_streams = |server: &TestServer, cases: Vec<(String, &'static str)>| {
+        let api = server.url("/api/rooms/guarded/streams");
+        async move {
+            for (url, why) in cases {
+                let (status, e) = post(&api, json!({ "kind": "rtmp", "url": url })).await;
+                assert_eq!(status, 400, "{url}: {e}");
+                let message = e["error"].as_str().unwrap_or_default();
+                assert!(
+                    message.starts_with("RTMP destination rtmp") && message.contains(why),
+                    "{url}: {message}"
+                );
+                assert!(!message.contains("s3cret"), "the key is shown: {message}");
+            }
+            // Nothing was started.
+            let (status, list) = send(reqwest::Method::GET, &api, None).await;
+            assert_eq!((status, &list), (200, &json!([])), "{list}");
+        }
+    };
+
+    // No allow list: public addresses only.
+    let server = TestServer::start(output_config(&dir)).await;
+    let viewer = Client::join(&server.url(""), "guarded", ClientOptions::viewer()).await;
+    refused_streams(
+        &server,
+        vec![
+            (
+                format!("rtmp://127.0.0.1:{port}/live/s3cret-key"),
+                "127.0.0.1 is a loopback address (list it in rtmp.allow to permit it)",
+            ),
+            (
+                "rtmp://169.254.169.254/live/s3cret-key".into(),
+                "169.254.169.254 is a link-local address",
+            ),
+            // A name is resolved and its addresses checked.
+            (
+                format!("rtmp://localhost:{port}/live/s3cret-key"),
+                "is a loopback address",
+            ),
+            (
+                "rtmp://s3cret-user:s3cret-pass@10.1.2.3/live?key=s3cret-key".into(),
+                "rtmp://…@10.1.2.3/live?… refused: 10.1.2.3 is a private address",
+            ),
+            (
+                "rtmps://[::ffff:192.168.0.1]/app/s3cret-key".into(),
+                "::ffff:192.168.0.1 is a private address",
+            ),
+            (
+                "rtmp://[fd00::1]:1935/app/s3cret-key".into(),
+                "fd00::1 is a private (unique local) address",
+            ),
+        ],
+    )
+    .await;
+    viewer.close().await;
+    server.stop().await;
+
+    // An allow list: only its prefixes, whatever their address.
+    let mut config = output_config(&dir);
+    config.rtmp.allow = vec![format!("rtmp://127.0.0.1:{port}/live/")];
+    let server = TestServer::start(config).await;
+    let viewer = Client::join(&server.url(""), "guarded", ClientOptions::viewer()).await;
+    refused_streams(
+        &server,
+        vec![
+            (
+                format!("rtmp://127.0.0.1:{port}/other/s3cret-key"),
+                "refused: not in rtmp.allow",
+            ),
+            (
+                "rtmp://127.0.0.1/live/s3cret-key".into(),
+                "refused: not in rtmp.allow",
+            ),
+            (
+                "rtmp://a.rtmp.youtube.com/live2/s3cret-key".into(),
+                "refused: not in rtmp.allow",
+            ),
+        ],
+    )
+    .await;
+    viewer.close().await;
+    server.stop().await;
+    drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

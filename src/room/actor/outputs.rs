@@ -6,12 +6,12 @@ use super::Room;
 use crate::ids::SessionId;
 use crate::media::VideoCodec;
 use crate::output::aac::{AacEncoder, aac_caps, opus_caps};
+use crate::output::destination::{self, RTMP_UNREACHABLE, RtmpUrl};
 use crate::output::pipeline::{BusEvents, OutputPipeline};
 use crate::output::spec::{RecordFormat, check_name, default_name, rfc3339};
 use crate::output::task::{AudioInput, Builder, Destination, OutputTask};
 use crate::output::{
-    self, Control, OutputError, OutputInfo, OutputKind, OutputRequest, OutputState, check_rtmp_url,
-    redact_url,
+    self, Control, OutputError, OutputInfo, OutputKind, OutputRequest, OutputState,
 };
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -188,17 +188,20 @@ impl Room {
                 )
             }
             OutputRequest::Rtmp { url } => {
-                check_rtmp_url(url).map_err(OutputError::BadRequest)?;
+                // The HTTP edge has checked the address policy (it resolves the host, which
+                // the actor must not wait for); the shape is checked again here.
+                RtmpUrl::parse(url).map_err(OutputError::BadRequest)?;
                 (
                     "rtmp".into(),
                     VideoCodec::H264,
                     true,
                     Destination::Rtmp {
                         max_retry: Duration::from_secs(config.rtmp.max_retry_s.into()),
+                        url: url.clone(),
                     },
                     output::RTMP,
                     None,
-                    Some(redact_url(url)),
+                    Some(destination::redact(url)),
                 )
             }
         };
@@ -242,6 +245,16 @@ impl Room {
         if let Err(e) = first.0.start() {
             if let Some(p) = path.as_ref().filter(|_| kind == OutputKind::Recording) {
                 let _ = std::fs::remove_file(p);
+            }
+            if let OutputRequest::Rtmp { url } = &request {
+                // GStreamer's words could tell an open port from a closed one.
+                tracing::debug!(
+                    room = %self.id,
+                    url = %destination::redact(url),
+                    "RTMP output would not start: {}",
+                    destination::scrub(&e.to_string(), url)
+                );
+                return Err(OutputError::Pipeline(RTMP_UNREACHABLE.into()));
             }
             return Err(e);
         }
