@@ -3,15 +3,20 @@
 
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::limits::Counters;
 use crate::room::RoomRegistry;
 use crate::rtc::{PeerFactory, RtcSettings};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The shared state; binds the media port (so it needs a tokio runtime).
 pub fn state(config: Config) -> anyhow::Result<AppState> {
     let peers = PeerFactory::bind(RtcSettings::from_config(&config))?;
+    let auth = std::sync::Arc::new(crate::auth::Auth::new(&config.auth.keys));
     Ok(AppState {
         rooms: RoomRegistry::new(config, peers),
+        auth,
     })
 }
 
@@ -20,6 +25,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
     listener: tokio::net::TcpListener,
+    /// HTTPS when set.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The self-signed certificate's PEM, when `server.self_signed` made one.
+    pub self_signed_pem: Option<String>,
 }
 
 impl Server {
@@ -31,11 +40,34 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr()?;
+        let (tls, self_signed_pem) = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => (Some(crate::tls::from_files(cert, key)?), None),
+            _ if config.server.self_signed => {
+                let (tls, pem) = crate::tls::self_signed(config.server.host, &[])?;
+                (Some(tls), Some(pem))
+            }
+            _ => (None, None),
+        };
+        if let Some(t) = &tls {
+            tracing::info!(
+                fingerprint = %t.fingerprint,
+                spki_sha256 = %t.spki_sha256,
+                self_signed = self_signed_pem.is_some(),
+                "HTTPS: certificate loaded"
+            );
+        }
         Ok(Self {
             addr,
             state: state(config)?,
             listener,
+            tls: tls.map(Arc::new),
+            self_signed_pem,
         })
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` completes, then closes every room.
@@ -45,14 +77,113 @@ impl Server {
     ) -> anyhow::Result<()> {
         let rooms = self.state.rooms.clone();
         tracing::info!(addr = %self.addr, "listening: WHIP at /whip/{{room}}, WHEP at /whep/{{room}}");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        if self.state.auth.is_open() {
+            tracing::warn!(
+                addr = %self.addr,
+                "no [auth] keys: Mixdown is open, anyone who reaches it can join, watch, record and stream any room"
+            );
+        }
+        let limits = self.state.rooms.config().limits.clone();
+        let registry = self.state.rooms.clone();
+        let app = router(self.state);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The connection cap: an accept waits for a free permit (the kernel's backlog holds
+        // the rest), so a flood of idle connections cannot take every file descriptor.
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.http_connections));
+        let header_timeout = Duration::from_secs(limits.http_header_timeout_s.into());
+        let tls = self
+            .tls
+            .map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.config)));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors, or a connection reset before accept: go on.
+                        tracing::debug!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let app = app.clone();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let mut stop = stop_rx.clone();
+            let tls = tls.clone();
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let timed_out = || Counters::bump(&registry.counters().http_header_timeouts);
+                let io: Box<dyn Io> = match tls {
+                    None => Box::new(tcp),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => Box::new(stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return timed_out(),
+                        }
+                    }
+                };
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    if e.is_timeout() {
+                        timed_out();
+                    }
+                    tracing::debug!(%peer, "HTTP connection: {e}");
+                }
+            });
+        }
+        // Requests in flight finish (up to 5 s); WebSockets were upgraded and end with
+        // their rooms.
+        let _ = stop_tx.send(true);
+        let all = u32::try_from(limits.http_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::debug!("some HTTP connections did not finish in time");
+        }
         tracing::info!("shutting down: closing rooms");
         rooms.shutdown().await;
         Ok(())
     }
 }
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;

@@ -53,6 +53,67 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub hls: HlsConfig,
     pub rtmp: RtmpConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Access tokens (see `crate::auth`). With no keys Mixdown is open: it starts so only when
+/// every listener is on loopback, or when `open = true` says it is meant.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API key → secret (at least 32 bytes). `MIXDOWN_API_KEY` and `MIXDOWN_API_SECRET` in the
+    /// environment add one more.
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// Run without tokens on a non-loopback address (a private network, a proxy that checks).
+    pub open: bool,
+}
+
+/// What one client or room may take. Every limit answers 429 (a client's own) or 503 (the
+/// server's or a room's) with `Retry-After`, and is counted in `GET /healthz`. 0 disables the
+/// per-address limit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Rooms open at once.
+    pub max_rooms: usize,
+    /// WHIP/WHEP/WebSocket sessions from one client address at once (0: no limit).
+    pub sessions_per_address: usize,
+    /// Viewers (sessions that send nothing: WHEP, receive-only WHIP) per room, counted apart
+    /// from participants (`room.max_participants`).
+    pub max_viewers: usize,
+    /// Largest picture a publisher may send (width x height); a larger one's tile is dropped.
+    pub max_video_pixels: u32,
+    /// HTTP connections open at once; more wait in the kernel's backlog.
+    pub http_connections: usize,
+    /// Seconds a client has to send its request headers.
+    pub http_header_timeout_s: u32,
+    /// Seconds a WebSocket may stay silent (the server pings every third of it).
+    pub ws_idle_timeout_s: u32,
+}
+
+pub const DEFAULT_MAX_ROOMS: usize = 50;
+/// Enough for a household or a small office behind one NAT address.
+pub const DEFAULT_SESSIONS_PER_ADDRESS: usize = 50;
+pub const DEFAULT_MAX_VIEWERS: usize = 200;
+/// 1920x1080 with room for 1088-line H.264 and portrait phones.
+pub const DEFAULT_MAX_VIDEO_PIXELS: u32 = 1920 * 1088;
+pub const DEFAULT_HTTP_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_S: u32 = 10;
+pub const DEFAULT_WS_IDLE_TIMEOUT_S: u32 = 60;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms: DEFAULT_MAX_ROOMS,
+            sessions_per_address: DEFAULT_SESSIONS_PER_ADDRESS,
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            max_video_pixels: DEFAULT_MAX_VIDEO_PIXELS,
+            http_connections: DEFAULT_HTTP_CONNECTIONS,
+            http_header_timeout_s: DEFAULT_HTTP_HEADER_TIMEOUT_S,
+            ws_idle_timeout_s: DEFAULT_WS_IDLE_TIMEOUT_S,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -127,6 +188,12 @@ pub struct ServerConfig {
     /// The address HTTP and media bind to. 127.0.0.1 keeps everything local.
     pub host: IpAddr,
     pub http_port: u16,
+    /// PEM certificate chain and private key: HTTPS and WSS on `http_port` instead of HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS with a certificate made at start for `localhost` and the bound address (a LAN
+    /// demo: browsers give cameras only to secure origins). Its fingerprint is logged.
+    pub self_signed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -238,6 +305,9 @@ impl Default for ServerConfig {
             // The literal is a valid address.
             host: DEFAULT_HOST.parse().expect("valid default host"),
             http_port: DEFAULT_HTTP_PORT,
+            tls_cert: None,
+            tls_key: None,
+            self_signed: false,
         }
     }
 }
@@ -333,6 +403,37 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Adds the key in `MIXDOWN_API_KEY` / `MIXDOWN_API_SECRET`, when both are set.
+    pub fn add_env_key(&mut self) -> Result<(), ConfigError> {
+        let key = std::env::var("MIXDOWN_API_KEY").ok();
+        let secret = std::env::var("MIXDOWN_API_SECRET").ok();
+        match (key, secret) {
+            (Some(k), Some(s)) => {
+                self.auth.keys.insert(k, s);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            _ => Err(ConfigError::Invalid {
+                key: "MIXDOWN_API_KEY",
+                reason: "set both MIXDOWN_API_KEY and MIXDOWN_API_SECRET, or neither".into(),
+            }),
+        }
+    }
+
+    /// Refuses to run open (no keys) on a non-loopback HTTP address unless `auth.open` says so.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        check(
+            !self.auth.keys.is_empty() || self.auth.open || self.server.host.is_loopback(),
+            "auth",
+            format!(
+                "no API keys while listening on {}: anyone who reaches it could join, watch, \
+                 record and stream every room. Add [auth] keys (or MIXDOWN_API_KEY and \
+                 MIXDOWN_API_SECRET), or set auth.open = true to run open on purpose",
+                self.server.host
+            ),
+        )
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -472,6 +573,63 @@ impl Config {
                 "{} must be within 1..={MAX_PARTICIPANTS}",
                 self.room.max_participants
             ),
+        )?;
+        for (key, secret) in &self.auth.keys {
+            check(
+                !key.is_empty() && key.len() <= 128 && key.chars().all(|c| c.is_ascii_graphic()),
+                "auth.keys",
+                format!("API key {key:?} must be 1 to 128 printable ASCII characters"),
+            )?;
+            check(
+                secret.len() >= crate::auth::MIN_SECRET_BYTES,
+                "auth.keys",
+                format!(
+                    "the secret of API key {key:?} must be at least {} bytes",
+                    crate::auth::MIN_SECRET_BYTES
+                ),
+            )?;
+        }
+        let srv = &self.server;
+        check(
+            srv.tls_cert.is_some() == srv.tls_key.is_some(),
+            "server.tls_cert",
+            "set both server.tls_cert and server.tls_key, or neither",
+        )?;
+        check(
+            !(srv.self_signed && srv.tls_cert.is_some()),
+            "server.self_signed",
+            "a self-signed certificate or server.tls_cert, not both",
+        )?;
+        let l = &self.limits;
+        check(
+            (1..=10_000).contains(&l.max_rooms),
+            "limits.max_rooms",
+            format!("{} must be within 1..=10000", l.max_rooms),
+        )?;
+        check(
+            (1..=10_000).contains(&l.max_viewers),
+            "limits.max_viewers",
+            format!("{} must be within 1..=10000", l.max_viewers),
+        )?;
+        check(
+            (64 * 64..=8192 * 8192).contains(&l.max_video_pixels),
+            "limits.max_video_pixels",
+            format!("{} must be within 4096..=67108864", l.max_video_pixels),
+        )?;
+        check(
+            (1..=100_000).contains(&l.http_connections),
+            "limits.http_connections",
+            format!("{} must be within 1..=100000", l.http_connections),
+        )?;
+        check(
+            (1..=300).contains(&l.http_header_timeout_s),
+            "limits.http_header_timeout_s",
+            format!("{} must be within 1..=300", l.http_header_timeout_s),
+        )?;
+        check(
+            (5..=3600).contains(&l.ws_idle_timeout_s),
+            "limits.ws_idle_timeout_s",
+            format!("{} must be within 5..=3600", l.ws_idle_timeout_s),
         )?;
         check(
             (1..=100).contains(&v.max_tiles),

@@ -43,6 +43,12 @@ impl SessionId {
         Self(rand::random::<u64>() | 1)
     }
 
+    /// The public id in a WHIP/WHEP `Location` (`…/{room}/{id}{secret}`): its first 16 hex
+    /// digits. The rest is the capability only the session's holder has.
+    pub fn public_in_location(location: &str) -> Option<&str> {
+        location.rsplit('/').next()?.get(..16)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         if s.len() != 16 {
             return None;

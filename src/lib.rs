@@ -9,9 +9,11 @@
 //! [`media`] and [`sdp`] hold the plain types and pure parsing the planes share.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod media;
 pub mod memory;
 pub mod mixer;
@@ -20,3 +22,4 @@ pub mod room;
 pub mod rtc;
 pub mod sdp;
 pub mod signal;
+pub mod tls;

@@ -27,9 +27,53 @@ struct Cli {
     /// Public address to advertise behind 1:1 NAT; overrides rtc.public_ip.
     #[arg(long)]
     public_ip: Option<IpAddr>,
+    /// Serve HTTPS with a certificate made now for localhost and the bound address (a LAN
+    /// demo; browsers give cameras only to secure origins). Sets server.self_signed.
+    #[arg(long)]
+    self_signed: bool,
     /// Check the configuration and the GStreamer plugins, then exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print an access token (LiveKit's format: JWT HS256) signed with a configured API key.
+    /// Without --publish or --subscribe it allows both.
+    Token {
+        /// The room it admits to.
+        #[arg(long)]
+        room: String,
+        /// Who the holder is (`sub`).
+        #[arg(long)]
+        identity: String,
+        /// The name others see (defaults to the identity).
+        #[arg(long)]
+        name: Option<String>,
+        /// May send audio and video (and chat).
+        #[arg(long)]
+        publish: bool,
+        /// May receive the room's mix.
+        #[arg(long)]
+        subscribe: bool,
+        /// May start and stop recordings and streams of the room.
+        #[arg(long)]
+        record: bool,
+        /// May remove participants and change the layout of the room.
+        #[arg(long)]
+        admin: bool,
+        /// Joins without being announced or counted as a viewer.
+        #[arg(long)]
+        hidden: bool,
+        /// How long it is valid: 90s, 30m, 6h, 2d.
+        #[arg(long, default_value = "6h")]
+        valid_for: String,
+        /// The API key to sign with (default: the first configured).
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,10 +113,62 @@ async fn run() -> anyhow::Result<()> {
     if let Some(p) = cli.udp_port {
         config.rtc.udp_port = p;
     }
+    if cli.self_signed {
+        config.server.self_signed = true;
+    }
     if let Some(ip) = cli.public_ip {
         config.rtc.public_ip = Some(ip);
     }
+    config.add_env_key()?;
     config.validate()?;
+    if let Some(Command::Token {
+        room,
+        identity,
+        name,
+        publish,
+        subscribe,
+        record,
+        admin,
+        hidden,
+        valid_for,
+        key,
+    }) = cli.command
+    {
+        let room = mixdown::ids::RoomId::parse(&room)?;
+        let secs = mixdown::auth::parse_duration(&valid_for).map_err(anyhow::Error::msg)?;
+        let (key, secret) = match &key {
+            Some(k) => config.auth.keys.get_key_value(k),
+            None => config.auth.keys.iter().next(),
+        }
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no such API key: configure [auth] keys (or MIXDOWN_API_KEY and MIXDOWN_API_SECRET)"
+            )
+        })?;
+        let both = !publish && !subscribe;
+        let now = mixdown::auth::now_unix();
+        let claims = mixdown::auth::Claims {
+            iss: key.clone(),
+            name: name.unwrap_or_else(|| identity.clone()),
+            sub: identity,
+            nbf: Some(now),
+            exp: now + secs,
+            video: mixdown::auth::VideoGrant {
+                room: room.to_string(),
+                room_join: true,
+                can_publish: Some(publish || both),
+                can_subscribe: Some(subscribe || both),
+                can_publish_data: Some(publish || both),
+                hidden,
+                room_record: record,
+                room_admin: admin,
+                ..Default::default()
+            },
+        };
+        println!("{}", mixdown::auth::mint(&claims, secret));
+        return Ok(());
+    }
+    config.check_exposure()?;
     if cli.check {
         mixdown::mixer::init()?;
         println!("configuration and GStreamer plugins OK");

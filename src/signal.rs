@@ -33,6 +33,12 @@ pub enum ErrorCode {
     BadCandidate,
     RoomFull,
     Unavailable,
+    /// No token, or one that does not verify.
+    Unauthorized,
+    /// A token that does not allow this.
+    Forbidden,
+    /// The client's address holds as many sessions as it may.
+    TooMany,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +80,8 @@ pub enum ClientMessage {
     Join {
         room: RoomId,
         name: String,
+        /// An access token (required unless the server runs open).
+        token: Option<String>,
     },
     Offer {
         sdp: String,
@@ -156,7 +164,17 @@ pub fn parse(text: &str) -> Result<ClientMessage, SignalError> {
             let room = RoomId::parse(&string(&obj, "room")?)
                 .map_err(|e| SignalError::new(ErrorCode::BadField, e.to_string()))?;
             let name = check_name(&string(&obj, "name")?)?;
-            Ok(ClientMessage::Join { room, name })
+            let token = match obj.get("token") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => Some(t.clone()),
+                Some(_) => {
+                    return Err(SignalError::new(
+                        ErrorCode::BadField,
+                        "\"token\" must be a string",
+                    ));
+                }
+            };
+            Ok(ClientMessage::Join { room, name, token })
         }
         "offer" => {
             let sdp = string(&obj, "sdp")?;
@@ -292,6 +310,20 @@ pub enum ServerMessage {
         text: String,
         time: String,
     },
+    /// Recordings of the room running (sent on every change, and on joining when any runs).
+    Recording {
+        active: bool,
+        count: usize,
+    },
+    /// Streams (HLS, RTMP) of the room running.
+    Streaming {
+        active: bool,
+        kinds: Vec<String>,
+    },
+    /// Viewers watching (WHEP and receive-only sessions that are not hidden).
+    Viewers {
+        count: usize,
+    },
     Left,
     Error {
         code: ErrorCode,
@@ -342,7 +374,8 @@ mod tests {
             parse(r#"{"type":"join","room":"r1","name":"  Ada "}"#),
             Ok(ClientMessage::Join {
                 room: RoomId::parse("r1").unwrap(),
-                name: "Ada".into()
+                name: "Ada".into(),
+                token: None,
             })
         );
         assert_eq!(

@@ -71,6 +71,8 @@ pub struct ClientOptions {
     pub amplitude: Arc<AtomicU32>,
     /// Send the RFC 6464 audio-level extension in every audio packet, as browsers do.
     pub audio_level: bool,
+    /// Sent as `Authorization: Bearer` with the offer (servers with `[auth] keys`).
+    pub token: Option<String>,
 }
 
 /// Below this REMB ceiling (bit/s) a clip publisher sends the small clip: a browser asked
@@ -128,6 +130,7 @@ impl ClientOptions {
             query: String::new(),
             amplitude: Arc::new(AtomicU32::new(DEFAULT_AMPLITUDE.to_bits())),
             audio_level: true,
+            token: None,
         }
     }
 
@@ -150,6 +153,7 @@ impl ClientOptions {
             query: String::new(),
             amplitude: Arc::new(AtomicU32::new(DEFAULT_AMPLITUDE.to_bits())),
             audio_level: true,
+            token: None,
         }
     }
 
@@ -461,9 +465,22 @@ fn marker_encoder(
 
 /// POSTs `offer` to a WHIP/WHEP endpoint; returns the `Location` and the answer.
 pub async fn whip_exchange(url: &str, offer: String) -> Result<(String, String), String> {
-    let response = reqwest::Client::new()
+    whip_exchange_with(url, offer, None).await
+}
+
+/// [`whip_exchange`] with an access token.
+pub async fn whip_exchange_with(
+    url: &str,
+    offer: String,
+    token: Option<&str>,
+) -> Result<(String, String), String> {
+    let mut request = reqwest::Client::new()
         .post(url)
-        .header("Content-Type", "application/sdp")
+        .header("Content-Type", "application/sdp");
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request
         .body(offer)
         .send()
         .await
@@ -542,8 +559,9 @@ impl Client {
 
     pub async fn try_join(base: &str, room: &str, opts: ClientOptions) -> Result<Client, String> {
         let url = format!("{base}/{}/{room}{}", opts.endpoint, opts.query);
+        let token = opts.token.clone();
         Self::connect(base, opts, async move |offer: String| {
-            whip_exchange(&url, offer).await
+            whip_exchange_with(&url, offer, token.as_deref()).await
         })
         .await
     }

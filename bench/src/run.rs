@@ -127,7 +127,7 @@ impl ServerProcess {
             .json()
             .await
             .ok()?;
-        let session = location.rsplit('/').next()?;
+        let session = mixdown::ids::SessionId::public_in_location(location)?;
         let p = info["participants"]
             .as_array()?
             .iter()

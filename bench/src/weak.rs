@@ -235,7 +235,7 @@ pub fn window(samples: &[Value], from: f64, to: f64) -> Option<Window> {
 
 /// The `quality` the server reports for the session at `location`.
 pub async fn quality(base: &str, room: &str, location: &str) -> Value {
-    let session = location.rsplit('/').next().unwrap_or_default();
+    let session = mixdown::ids::SessionId::public_in_location(location).unwrap_or_default();
     let info: Value = match reqwest::get(format!("{base}/api/rooms/{room}")).await {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(_) => Value::Null,

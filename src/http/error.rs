@@ -5,7 +5,7 @@ use crate::room::RoomError;
 use crate::rtc::RtcError;
 use crate::sdp::OfferError;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,18 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Conflict(String),
+    /// No token, or a token that does not verify: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A good token that does not allow this: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// One client over its own limit: 429 with `Retry-After`.
+    #[error("{message}")]
+    TooMany { message: String, retry_after_s: u32 },
+    /// The server or a room at a limit: 503 with `Retry-After`.
+    #[error("{message}")]
+    Busy { message: String, retry_after_s: u32 },
     #[error("{0}")]
     InsufficientStorage(String),
     /// A server-side failure the client should see (a directory that cannot be written).
@@ -43,6 +55,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,7 +69,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut r = (self.status(), Json(body)).into_response();
+        let h = r.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mixdown\""),
+                );
+            }
+            ApiError::TooMany { retry_after_s, .. } | ApiError::Busy { retry_after_s, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            _ => {}
+        }
+        r
     }
 }
 
@@ -69,7 +99,14 @@ impl From<OfferError> for ApiError {
 impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> Self {
         match e {
-            RoomError::Full { .. } | RoomError::Closed(_) => ApiError::Unavailable(e.to_string()),
+            RoomError::NotOpen(_) => ApiError::NotFound(e.to_string()),
+            RoomError::Full { .. }
+            | RoomError::TooManyViewers { .. }
+            | RoomError::TooManyRooms(_) => ApiError::Busy {
+                message: e.to_string(),
+                retry_after_s: 30,
+            },
+            RoomError::Closed(_) => ApiError::Unavailable(e.to_string()),
             RoomError::UnknownSession { .. } => ApiError::NotFound(e.to_string()),
             RoomError::NothingToDo | RoomError::BadLayout(_) => ApiError::BadRequest(e.to_string()),
             RoomError::Rtc(RtcError::Offer(msg)) => {
@@ -79,6 +116,15 @@ impl From<RoomError> for ApiError {
                 tracing::error!("join failed: {other}");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<crate::auth::Denied> for ApiError {
+    fn from(d: crate::auth::Denied) -> Self {
+        match d {
+            crate::auth::Denied::Unauthenticated(m) => ApiError::Unauthorized(m),
+            crate::auth::Denied::Forbidden(m) => ApiError::Forbidden(m),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! then talk to rooms through the registry; nothing here
 //! touches media.
 
+mod access;
 mod error;
 mod layout;
 mod outputs;
@@ -12,9 +13,11 @@ mod ws;
 
 pub use error::ApiError;
 
+use crate::auth::Action;
 use crate::ids::{RoomId, SessionId};
 use crate::room::{JoinOptions, Role, RoomRegistry};
 use crate::sdp::parse_offer;
+use access::{ClientAddr, Need};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -30,6 +33,7 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub rooms: RoomRegistry,
+    pub auth: std::sync::Arc<crate::auth::Auth>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,17 +52,20 @@ pub fn router(state: AppState) -> Router {
             header::IF_MATCH,
         ])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/whip/{room}", post(whip))
-        .route("/whip/{room}/{session}", axum::routing::delete(end_session))
-        .route("/whep/{room}", post(whep))
-        .route("/whep/{room}/{session}", axum::routing::delete(end_session))
+    let guarded =
+        |need: Need| axum::middleware::from_fn_with_state((state.clone(), need), access::guard);
+    let rooms = Router::new()
         .route("/api/rooms/{room}", get(room_info))
         .route(
             "/api/rooms/{room}/layout",
             get(layout::get_layout).put(layout::put_layout),
         )
+        .route(
+            "/api/rooms/{room}/participants/{id}",
+            axum::routing::delete(remove_participant),
+        )
+        .route_layer(guarded(Need::ViewOrAdmin));
+    let record = Router::new()
         .route(
             "/api/rooms/{room}/recordings",
             get(outputs::list_recordings).post(outputs::start_recording),
@@ -83,7 +90,23 @@ pub fn router(state: AppState) -> Router {
             "/api/rooms/{room}/streams/{id}",
             get(outputs::get_stream).delete(outputs::stop_stream),
         )
+        .route_layer(guarded(Need::Record));
+    let hls = Router::new()
         .route("/hls/{room}/{file}", get(outputs::hls_file))
+        .route_layer(guarded(Need::Subscribe));
+    let list = Router::new()
+        .route("/api/rooms", get(list_rooms))
+        .route_layer(guarded(Need::List));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/whip/{room}", post(whip))
+        .route("/whip/{room}/{session}", axum::routing::delete(end_session))
+        .route("/whep/{room}", post(whep))
+        .route("/whep/{room}/{session}", axum::routing::delete(end_session))
+        .merge(rooms)
+        .merge(record)
+        .merge(hls)
+        .merge(list)
         .route("/ws", get(ws::upgrade))
         .route("/", get(web::index))
         .route("/app.js", get(web::app_js))
@@ -96,7 +119,18 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "rooms": state.rooms.room_count() }))
+    Json(serde_json::json!({
+        "status": "ok",
+        "rooms": state.rooms.room_count(),
+        "auth": if state.auth.is_open() { "open" } else { "tokens" },
+        // How often each limit refused something since start.
+        "refused": state.rooms.counters().snapshot(),
+    }))
+}
+
+/// `GET /api/rooms` (`roomList`): open rooms' names.
+async fn list_rooms(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "rooms": state.rooms.room_names() }))
 }
 
 fn room_id(s: &str) -> Result<RoomId, ApiError> {
@@ -141,31 +175,37 @@ async fn whip(
     State(state): State<AppState>,
     Path(room): Path<String>,
     query: Result<Query<JoinQuery>, QueryRejection>,
+    addr: ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, query, headers, body, Role::Whip).await
+    join(state, room, query, addr, headers, body, Role::Whip).await
 }
 
 async fn whep(
     State(state): State<AppState>,
     Path(room): Path<String>,
     query: Result<Query<JoinQuery>, QueryRejection>,
+    addr: ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, query, headers, body, Role::Whep).await
+    join(state, room, query, addr, headers, body, Role::Whep).await
 }
 
 async fn join(
     state: AppState,
     room: String,
     query: Result<Query<JoinQuery>, QueryRejection>,
+    addr: ClientAddr,
     headers: HeaderMap,
     body: Body,
     role: Role,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
+    // The token before the body: a refused client costs no offer parsing.
+    let grants = access::grants(&state, &headers)?;
+    access::allow(&state, &grants, room.as_str(), &[Action::Join])?;
     let Query(query) =
         query.map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))?;
     let rungs = state.rooms.config().video.ladder().len();
@@ -183,24 +223,42 @@ async fn join(
             "a WHEP offer must receive audio or video (recvonly or sendrecv)".into(),
         ));
     }
+    let publishes = role == Role::Whip && (summary.publishes_audio() || summary.publishes_video());
+    if publishes {
+        access::allow(&state, &grants, room.as_str(), &[Action::Publish])?;
+    }
+    if summary.receives_audio() || summary.receives_video() {
+        access::allow(&state, &grants, room.as_str(), &[Action::Subscribe])?;
+    }
+    // A publisher opens its room; a viewer only with `roomCreate` (else one anonymous
+    // receive-only POST per room name would start a compose and an encode).
+    let create = publishes || grants.allow(room.as_str(), Action::Create).is_ok();
+    let slot = access::address_slot(&state, &addr)?;
+    let mut options = JoinOptions {
+        max_tier,
+        hidden: grants.video.hidden && !publishes,
+        slot,
+        ..JoinOptions::guest()
+    };
+    if let Some(name) = [&grants.name, &grants.identity]
+        .into_iter()
+        .find(|n| !n.is_empty())
+    {
+        options.name = name.chars().take(crate::signal::MAX_NAME_CHARS).collect();
+    }
     let answer = state
         .rooms
-        .join(
-            &room,
-            role,
-            offer,
-            summary,
-            JoinOptions {
-                max_tier,
-                ..JoinOptions::guest()
-            },
-        )
+        .join(&room, role, offer, summary, options, create)
         .await?;
     let prefix = match role {
         Role::Whip => "whip",
         Role::Whep => "whep",
     };
-    let location = format!("/{prefix}/{room}/{}", answer.session);
+    // The resource URL is a capability: the session's public id and a secret only its
+    // holder has (RFC 9725 ch. 4.3); the public id alone deletes nothing.
+    let public = answer.session.to_string();
+    let secret = state.auth.capability(room.as_str(), &public);
+    let location = format!("/{prefix}/{room}/{public}{secret}");
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -227,14 +285,34 @@ async fn join(
     Ok(response)
 }
 
+/// `DELETE` on a WHIP/WHEP resource URL: the URL itself is the credential.
 async fn end_session(
     State(state): State<AppState>,
     Path((room, session)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
-    let unknown = || ApiError::NotFound(format!("no session {session} in room {room}"));
+    // The refusal does not echo the URL: it is a secret.
+    let unknown = || ApiError::NotFound(format!("no such session in room {room}"));
+    let id = state
+        .auth
+        .check_capability(room.as_str(), &session)
+        .and_then(SessionId::parse)
+        .ok_or_else(unknown)?;
+    state.rooms.leave(&room, id).await.map_err(|_| unknown())?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `DELETE /api/rooms/{room}/participants/{id}` (`roomAdmin`): removes a participant by the
+/// public id the room shows.
+async fn remove_participant(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let room = room_id(&room)?;
+    let unknown = || ApiError::NotFound(format!("no participant {session} in room {room}"));
     let id = SessionId::parse(&session).ok_or_else(unknown)?;
-    state.rooms.leave(&room, id).await?;
+    state.rooms.leave(&room, id).await.map_err(|_| unknown())?;
+    tracing::info!(room = %room, session = %id, "removed by an administrator");
     Ok(StatusCode::OK.into_response())
 }
 

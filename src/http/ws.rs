@@ -4,18 +4,23 @@
 //! `error` back and the connection goes on.
 
 use super::AppState;
+use super::access::ClientAddr;
+use crate::auth::{Action, Denied, Grants, now_unix};
 use crate::ids::{RoomId, SessionId};
+use crate::limits::Slot;
 use crate::room::{JoinOptions, Role, RoomError};
 use crate::rtc::RtcError;
 use crate::sdp::{OfferError, parse_offer, take_candidates};
 use crate::signal::{
-    ClientMessage, ErrorCode, IceServerInfo, JOIN_TIMEOUT, MAX_MESSAGE_BYTES, RateLimiter,
-    ServerMessage, SignalError, parse,
+    ClientMessage, ErrorCode, IceServerInfo, JOIN_TIMEOUT, MAX_MESSAGE_BYTES, MAX_NAME_CHARS,
+    RateLimiter, ServerMessage, SignalError, parse,
 };
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -26,10 +31,14 @@ const OUTBOX: usize = 256;
 /// with an error reply below it).
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
-pub(super) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ws: WebSocketUpgrade,
+) -> Response {
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve(state, socket))
+        .on_upgrade(move |socket| serve(state, addr, socket))
 }
 
 /// Where a connection is: not joined, joined (name and id chosen), or in the room (offer
@@ -39,36 +48,56 @@ struct Joined {
     id: SessionId,
     name: String,
     in_room: bool,
+    grants: Grants,
 }
 
 struct Connection {
     state: AppState,
+    addr: ClientAddr,
     out: mpsc::Sender<ServerMessage>,
     joined: Option<Joined>,
+    /// This connection's share of its address's sessions (taken at `join`).
+    slot: Option<Arc<Slot>>,
 }
 
-async fn serve(state: AppState, socket: WebSocket) {
+async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<ServerMessage>(OUTBOX);
+    let (pings, mut ping_rx) = mpsc::channel::<()>(1);
     let writer = tokio::spawn(async move {
-        while let Some(msg) = outbox.recv().await {
-            let Ok(text) = serde_json::to_string(&msg) else {
-                continue;
+        loop {
+            let frame = tokio::select! {
+                msg = outbox.recv() => match msg {
+                    None => break,
+                    Some(msg) => match serde_json::to_string(&msg) {
+                        Ok(text) => Message::Text(text.into()),
+                        Err(_) => continue,
+                    },
+                },
+                Some(()) = ping_rx.recv() => Message::Ping(Default::default()),
             };
-            if sink.send(Message::Text(text.into())).await.is_err() {
+            if sink.send(frame).await.is_err() {
                 break;
             }
         }
         let _ = sink.close().await;
     });
+    let idle = Duration::from_secs(state.rooms.config().limits.ws_idle_timeout_s.into());
     let mut conn = Connection {
         state,
+        addr,
         out,
         joined: None,
+        slot: None,
     };
     let mut limiter = RateLimiter::new(Instant::now());
     let join_deadline = tokio::time::sleep(JOIN_TIMEOUT);
     tokio::pin!(join_deadline);
+    // A silent client is pinged every third of the idle timeout; one that answers nothing
+    // (not even a pong) for the whole timeout is gone.
+    let mut ping = tokio::time::interval(idle / 3);
+    ping.tick().await;
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = &mut join_deadline, if conn.joined.is_none() => {
@@ -77,7 +106,15 @@ async fn serve(state: AppState, socket: WebSocket) {
                 ))).await;
                 break;
             }
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle {
+                    tracing::debug!("signalling: closing a connection silent for {idle:?}");
+                    break;
+                }
+                let _ = pings.try_send(());
+            }
             msg = stream.next() => {
+                heard = Instant::now();
                 let text = match msg {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(t))) => t,
@@ -115,7 +152,9 @@ async fn serve(state: AppState, socket: WebSocket) {
 
 fn room_error(e: RoomError) -> SignalError {
     let code = match &e {
-        RoomError::Full { .. } => ErrorCode::RoomFull,
+        RoomError::Full { .. } | RoomError::TooManyViewers { .. } | RoomError::TooManyRooms(_) => {
+            ErrorCode::RoomFull
+        }
         RoomError::Rtc(RtcError::Offer(_)) => ErrorCode::BadOffer,
         RoomError::Rtc(RtcError::Candidate(_)) => ErrorCode::BadCandidate,
         RoomError::NothingToDo => ErrorCode::BadOffer,
@@ -126,6 +165,15 @@ fn room_error(e: RoomError) -> SignalError {
         tracing::warn!("signalling: {e}");
     }
     SignalError::new(code, e.to_string())
+}
+
+fn denied(state: &AppState, d: Denied) -> SignalError {
+    let code = match d {
+        Denied::Unauthenticated(_) => ErrorCode::Unauthorized,
+        Denied::Forbidden(_) => ErrorCode::Forbidden,
+    };
+    let _ = super::access::refused(state, d.clone());
+    SignalError::new(code, d.to_string())
 }
 
 fn offer_error(e: OfferError) -> SignalError {
@@ -145,6 +193,18 @@ impl Connection {
         self.send(e.into()).await;
     }
 
+    fn take_slot(&self) -> Result<Option<Arc<Slot>>, SignalError> {
+        match self.addr.0 {
+            None => Ok(None),
+            Some(ip) => self.state.rooms.address_slot(ip).map(Some).ok_or_else(|| {
+                SignalError::new(
+                    ErrorCode::TooMany,
+                    format!("{ip} already has as many sessions open as it may"),
+                )
+            }),
+        }
+    }
+
     fn joined(&self) -> Result<&Joined, SignalError> {
         self.joined
             .as_ref()
@@ -161,13 +221,28 @@ impl Connection {
 
     async fn handle(&mut self, msg: ClientMessage) -> Result<(), SignalError> {
         match msg {
-            ClientMessage::Join { room, name } => {
+            ClientMessage::Join { room, name, token } => {
                 if self.joined.is_some() {
                     return Err(SignalError::new(
                         ErrorCode::AlreadyJoined,
                         "already joined; send \"leave\" first",
                     ));
                 }
+                let grants = self
+                    .state
+                    .auth
+                    .grants(token.as_deref(), now_unix())
+                    .and_then(|g| g.allow(room.as_str(), Action::Join).map(|()| g))
+                    .map_err(|d| denied(&self.state, d))?;
+                if self.slot.is_none() {
+                    self.slot = self.take_slot()?;
+                }
+                // A token's name is who the participant is; the one typed in is for tokenless
+                // (open) servers.
+                let name = [&grants.name, &grants.identity]
+                    .into_iter()
+                    .find(|n| !n.is_empty())
+                    .map_or(name, |n| n.chars().take(MAX_NAME_CHARS).collect());
                 let id = SessionId::random();
                 let participants = self.state.rooms.members(&room).await;
                 let ice_servers = self
@@ -195,12 +270,21 @@ impl Connection {
                     id,
                     name,
                     in_room: false,
+                    grants,
                 });
                 Ok(())
             }
             ClientMessage::Offer { sdp } => {
                 let j = self.joined()?;
                 let summary = parse_offer(&sdp).map_err(offer_error)?;
+                let room = j.room.as_str();
+                let check = |a| j.grants.allow(room, a).map_err(|d| denied(&self.state, d));
+                if summary.publishes_audio() || summary.publishes_video() {
+                    check(Action::Publish)?;
+                }
+                if summary.receives_audio() || summary.receives_video() {
+                    check(Action::Subscribe)?;
+                }
                 let (room, id) = (j.room.clone(), j.id);
                 let answer = if j.in_room {
                     self.state
@@ -214,11 +298,13 @@ impl Connection {
                         name: j.name.clone(),
                         events: Some(self.out.clone()),
                         max_tier: 0,
+                        hidden: false,
+                        slot: self.slot.clone(),
                     };
                     let a = self
                         .state
                         .rooms
-                        .join(&room, Role::Whip, sdp, summary, options)
+                        .join(&room, Role::Whip, sdp, summary, options, true)
                         .await
                         .map_err(room_error)?;
                     if let Some(j) = self.joined.as_mut() {
@@ -256,6 +342,9 @@ impl Connection {
             }
             ClientMessage::Chat { text } => {
                 let j = self.in_room()?;
+                j.grants
+                    .allow(j.room.as_str(), Action::PublishData)
+                    .map_err(|d| denied(&self.state, d))?;
                 self.state
                     .rooms
                     .chat(&j.room, j.id, text)

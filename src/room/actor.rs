@@ -62,6 +62,12 @@ struct Participant {
     fec_loss: u8,
     /// The best ladder rung this receiver may get.
     max_tier: usize,
+    /// Sends nothing and has no WebSocket: a viewer, counted apart from participants.
+    viewer: bool,
+    /// Not announced nor counted (a `hidden` token).
+    hidden: bool,
+    /// Its client address's share, given back when the participant is dropped.
+    _slot: Option<Arc<crate::limits::Slot>>,
 }
 
 struct Room {
@@ -170,6 +176,7 @@ async fn run(
         ended_tx,
     };
     room.auto_start_outputs().await;
+    room.announce_outputs();
     loop {
         let deadline = room
             .gates
@@ -310,8 +317,9 @@ impl Room {
             }
             RoomCommand::StartOutput { request, reply } => {
                 let result = self.start_output(request).await;
-                if let Err(e) = &result {
-                    tracing::warn!(room = %self.id, "output refused: {e}");
+                match &result {
+                    Ok(_) => self.announce_outputs(),
+                    Err(e) => tracing::warn!(room = %self.id, "output refused: {e}"),
                 }
                 let _ = reply.send(result);
             }
@@ -383,12 +391,28 @@ impl Room {
         summary: OfferSummary,
         options: JoinOptions,
     ) -> Result<JoinAnswer, RoomError> {
-        let max = self.registry.config.room.max_participants;
-        if self.participants.len() >= max {
-            return Err(RoomError::Full {
-                room: self.id.clone(),
-                max,
-            });
+        let publishes_audio = role == Role::Whip && summary.publishes_audio();
+        let publishes_video = role == Role::Whip && summary.publishes_video();
+        let viewer = !publishes_audio && !publishes_video && options.events.is_none();
+        let counters = &self.registry.counters;
+        if viewer {
+            let max = self.registry.config.limits.max_viewers;
+            if self.participants.values().filter(|p| p.viewer).count() >= max {
+                crate::limits::Counters::bump(&counters.viewers);
+                return Err(RoomError::TooManyViewers {
+                    room: self.id.clone(),
+                    max,
+                });
+            }
+        } else {
+            let max = self.registry.config.room.max_participants;
+            if self.participants.values().filter(|p| !p.viewer).count() >= max {
+                crate::limits::Counters::bump(&counters.participants);
+                return Err(RoomError::Full {
+                    room: self.id.clone(),
+                    max,
+                });
+            }
         }
         let id = options.id;
         if self.participants.contains_key(&id) {
@@ -397,8 +421,6 @@ impl Room {
                 session: format!("{id} (already in the room)"),
             });
         }
-        let publishes_audio = role == Role::Whip && summary.publishes_audio();
-        let publishes_video = role == Role::Whip && summary.publishes_video();
         let codec = self.send_codec_for(&summary);
         let receives_audio = summary.receives_audio();
         if !publishes_audio && !publishes_video && codec.is_none() && !receives_audio {
@@ -470,6 +492,9 @@ impl Room {
                 link: None,
                 fec_loss: 0,
                 max_tier,
+                viewer,
+                hidden: options.hidden,
+                _slot: options.slot,
             },
         );
         if publishes_audio || publishes_video {
@@ -488,6 +513,25 @@ impl Room {
             {
                 let _ = tx.try_send(ServerMessage::ParticipantJoined { participant: m });
             }
+        }
+        if let Some(tx) = self.participants.get(&id).and_then(|p| p.events.clone()) {
+            for m in self.output_messages() {
+                if matches!(
+                    m,
+                    ServerMessage::Recording { active: true, .. }
+                        | ServerMessage::Streaming { active: true, .. }
+                ) {
+                    let _ = tx.try_send(m);
+                }
+            }
+            let _ = tx.try_send(ServerMessage::Viewers {
+                count: self.viewer_count(),
+            });
+        }
+        if viewer && !options.hidden {
+            self.broadcast(ServerMessage::Viewers {
+                count: self.viewer_count(),
+            });
         }
         if publishes_audio || publishes_video {
             self.update_visible();
@@ -545,12 +589,25 @@ impl Room {
         // Its driver has ended and let go of its encode: an encode nobody else gets stops.
         self.video.release_unused();
         tracing::info!(room = %self.id, %session, reason, "left");
-        if p_role == Role::Whip {
+        if p_role == Role::Whip && !p.hidden {
             self.broadcast(ServerMessage::ParticipantLeft {
                 id: session.to_string(),
             });
         }
+        if p.viewer && !p.hidden {
+            self.broadcast(ServerMessage::Viewers {
+                count: self.viewer_count(),
+            });
+        }
         true
+    }
+
+    /// Viewers watching, hidden ones not counted.
+    fn viewer_count(&self) -> usize {
+        self.participants
+            .values()
+            .filter(|p| p.viewer && !p.hidden)
+            .count()
     }
 
     /// Sends a room event to every WebSocket participant (a slow one misses it).
@@ -567,7 +624,7 @@ impl Room {
         let p = self
             .participants
             .get(&id)
-            .filter(|p| p.role == Role::Whip)?;
+            .filter(|p| p.role == Role::Whip && !p.hidden)?;
         Some(MemberInfo {
             id: id.to_string(),
             name: p.name.clone(),

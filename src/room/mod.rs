@@ -48,6 +48,10 @@ pub struct JoinOptions {
     /// The best ladder rung this receiver may get (0, the canvas, when unset): a data saver,
     /// and how the benchmarks hold receivers on a tier.
     pub max_tier: usize,
+    /// Not announced to the room nor counted as a viewer (the token's `hidden` grant).
+    pub hidden: bool,
+    /// The client address's share, held as long as the session lives.
+    pub slot: Option<Arc<crate::limits::Slot>>,
 }
 
 impl JoinOptions {
@@ -60,6 +64,8 @@ impl JoinOptions {
             name,
             events: None,
             max_tier: 0,
+            hidden: false,
+            slot: None,
         }
     }
 }
@@ -191,6 +197,12 @@ pub enum RoomError {
     Full { room: RoomId, max: usize },
     #[error("no session {session} in room {room}")]
     UnknownSession { room: RoomId, session: String },
+    #[error("room {room} has as many viewers as it takes ({max})")]
+    TooManyViewers { room: RoomId, max: usize },
+    #[error("the server has as many rooms open as it takes ({0})")]
+    TooManyRooms(usize),
+    #[error("room {0} is not open: it opens when its first participant joins")]
+    NotOpen(RoomId),
     #[error("room {0} has closed")]
     Closed(RoomId),
     #[error("{0}")]
@@ -308,6 +320,8 @@ pub(crate) struct RegistryInner {
     generation: AtomicU64,
     /// Room actors still running (teardown included): zero once every room is fully gone.
     pub(crate) live_actors: AtomicUsize,
+    pub(crate) counters: crate::limits::Counters,
+    pub(crate) addresses: Arc<crate::limits::AddressSlots>,
 }
 
 impl RegistryInner {
@@ -333,33 +347,44 @@ impl RoomRegistry {
     pub fn new(config: Config, peers: PeerFactory) -> Self {
         Self {
             inner: Arc::new(RegistryInner {
-                config,
                 peers,
                 rooms: Mutex::new(HashMap::new()),
                 outputs: OutputTable::default(),
                 generation: AtomicU64::new(1),
                 live_actors: AtomicUsize::new(0),
+                counters: crate::limits::Counters::default(),
+                addresses: crate::limits::AddressSlots::new(config.limits.sessions_per_address),
+                config,
             }),
         }
     }
 
-    fn get_or_create(&self, id: &RoomId) -> RoomHandle {
+    /// The room's handle, opening it when `create` allows and the server has room for it.
+    fn get_or_create(&self, id: &RoomId, create: bool) -> Result<RoomHandle, RoomError> {
         let mut rooms = self.inner.rooms();
         if let Some(h) = rooms.get(id) {
-            return h.clone();
+            return Ok(h.clone());
+        }
+        if !create {
+            return Err(RoomError::NotOpen(id.clone()));
+        }
+        let max = self.inner.config.limits.max_rooms;
+        if rooms.len() >= max {
+            crate::limits::Counters::bump(&self.inner.counters.rooms);
+            return Err(RoomError::TooManyRooms(max));
         }
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let handle = actor::spawn(id.clone(), generation, Arc::clone(&self.inner));
         rooms.insert(id.clone(), handle.clone());
-        handle
+        Ok(handle)
     }
 
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
         self.inner.rooms().get(id).cloned()
     }
 
-    /// Joins (creating the room if needed). A room that closed between lookup and join is
-    /// replaced by a new one.
+    /// Joins, opening the room if `create` (a viewer's join does not open a room unless its
+    /// token may). A room that closed between lookup and join is replaced by a new one.
     pub async fn join(
         &self,
         room: &RoomId,
@@ -367,9 +392,10 @@ impl RoomRegistry {
         offer: String,
         summary: OfferSummary,
         options: JoinOptions,
+        create: bool,
     ) -> Result<JoinAnswer, RoomError> {
         for _ in 0..3 {
-            let handle = self.get_or_create(room);
+            let handle = self.get_or_create(room, create)?;
             let result = handle
                 .request(|reply| RoomCommand::Join {
                     role,
@@ -528,6 +554,27 @@ impl RoomRegistry {
                 .unwrap_or_default(),
             None => Vec::new(),
         }
+    }
+
+    /// How often each limit refused something.
+    pub fn counters(&self) -> &crate::limits::Counters {
+        &self.inner.counters
+    }
+
+    /// A share of `addr`'s sessions, or `None` when it holds `limits.sessions_per_address`.
+    pub fn address_slot(&self, addr: std::net::IpAddr) -> Option<Arc<crate::limits::Slot>> {
+        let slot = self.inner.addresses.take(addr).map(Arc::new);
+        if slot.is_none() {
+            crate::limits::Counters::bump(&self.inner.counters.sessions_per_address);
+        }
+        slot
+    }
+
+    /// Open rooms' names, sorted.
+    pub fn room_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.rooms().keys().map(|r| r.to_string()).collect();
+        v.sort();
+        v
     }
 
     pub fn room_count(&self) -> usize {

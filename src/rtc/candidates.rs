@@ -45,14 +45,19 @@ pub fn rewrite_candidates(sdp: &str, public: IpAddr) -> String {
     out
 }
 
-/// Keeps the first `max` `a=candidate` lines of `sdp` and drops the rest; also says how many
-/// it kept.
+/// Keeps the first `max` usable `a=candidate` lines of `sdp` and drops the rest (and those
+/// with no port or no unicast address: one with port 0 makes sending fail with EINVAL); also
+/// says how many it kept.
 pub fn limit_candidates(sdp: &str, max: usize) -> (String, usize) {
     let mut kept = 0;
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
-        if line.starts_with("a=candidate:") {
-            if kept == max {
+        if let Some(c) = line.strip_prefix("a=") {
+            if !c.starts_with("candidate:") {
+                out.push_str(line);
+                continue;
+            }
+            if kept == max || crate::limits::candidate_problem(c.trim_end()).is_some() {
                 continue;
             }
             kept += 1;

@@ -340,6 +340,13 @@ fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) 
         .map(|c| c.payload_type)
 }
 
+/// RFC 6464: the level (-dBov, 0..=127) in header extension `id` (the V bit masked off), when
+/// the packet carries that extension with at least one byte.
+pub(crate) fn audio_level(header: &::rtc::rtp::header::Header, id: Option<u8>) -> Option<u8> {
+    id.and_then(|id| header.get_extension(id))
+        .and_then(|b| b.first().map(|v| v & 0x7f))
+}
+
 /// The middle 32 bits of the NTP time of `t` (RFC 3550's LSR/DLSR units: 1/65536 s).
 fn ntp_middle(t: std::time::SystemTime) -> u32 {
     const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -574,6 +581,9 @@ impl Driver {
         if c.is_empty() {
             return Ok(()); // end of candidates
         }
+        if let Some(problem) = crate::limits::candidate_problem(c) {
+            return Err(RtcError::Candidate(problem));
+        }
         if self.remote_candidates >= MAX_REMOTE_CANDIDATES {
             return Err(RtcError::Candidate(format!(
                 "at most {MAX_REMOTE_CANDIDATES} remote candidates per connection"
@@ -799,11 +809,7 @@ impl Driver {
         };
         match &track.sink {
             Sink::Ready(sink) => {
-                // RFC 6464: V bit, then the level in -dBov (7 bits).
-                let level = track
-                    .audio_level_id
-                    .and_then(|id| packet.header.get_extension(id))
-                    .and_then(|b| b.first().map(|v| v & 0x7f));
+                let level = audio_level(&packet.header, track.audio_level_id);
                 if let Ok(bytes) = packet.marshal() {
                     match track.audio_level_id {
                         Some(_) => sink.push_audio(bytes.freeze(), level),

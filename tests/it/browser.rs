@@ -204,7 +204,7 @@ async fn a_browser_publisher_off_screen_is_asked_for_a_trickle() {
             ClientOptions::participant(0xff00ff00, 500.0),
         )
         .await;
-        let pin = serde_json::json!({ "pin": [other.location.rsplit('/').next().unwrap()] });
+        let pin = serde_json::json!({ "pin": [mixdown::ids::SessionId::public_in_location(&other.location).unwrap()] });
         let r = reqwest::Client::new()
             .put(s.url(&format!("/api/rooms/{room}/layout")))
             .json(&pin)

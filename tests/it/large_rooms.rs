@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(40);
 
 fn session_of(location: &str) -> String {
-    location.rsplit('/').next().unwrap_or_default().to_owned()
+    mixdown::ids::SessionId::public_in_location(location)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn participant_info<'a>(info: &'a Value, location: &str) -> Option<&'a Value> {

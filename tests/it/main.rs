@@ -8,6 +8,7 @@ mod http_api;
 mod large_rooms;
 mod latency;
 mod outputs;
+mod security;
 mod signalling;
 mod transport;
 mod weak_links;

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-async fn connect(server: &TestServer) -> Socket {
+pub(crate) async fn connect(server: &TestServer) -> Socket {
     let url = format!("ws://{}/ws", server.addr);
     tokio_tungstenite::connect_async(url)
         .await
@@ -23,12 +23,12 @@ async fn connect(server: &TestServer) -> Socket {
         .0
 }
 
-async fn send(ws: &mut Socket, v: Value) {
+pub(crate) async fn send(ws: &mut Socket, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// The next JSON message (hang guard: 10 s).
-async fn recv(ws: &mut Socket) -> Value {
+pub(crate) async fn recv(ws: &mut Socket) -> Value {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -133,19 +133,38 @@ async fn malformed_messages_get_errors_and_the_connection_goes_on() {
 
 /// A webrtc-rs participant signalled over `/ws`; its socket stays open in a task that keeps
 /// every message it receives.
-struct WsParticipant {
-    client: Client,
+pub(crate) struct WsParticipant {
+    pub(crate) client: Client,
     /// The offer it joined with (sent again to test renegotiation).
     offer: String,
-    id: String,
+    pub(crate) id: String,
     inbox: Arc<Mutex<Vec<Value>>>,
     outbox: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
 impl WsParticipant {
-    async fn join(server: &TestServer, room: &str, name: &str, opts: ClientOptions) -> Self {
+    pub(crate) async fn join(
+        server: &TestServer,
+        room: &str,
+        name: &str,
+        opts: ClientOptions,
+    ) -> Self {
+        Self::join_with_token(server, room, name, opts, None).await
+    }
+
+    pub(crate) async fn join_with_token(
+        server: &TestServer,
+        room: &str,
+        name: &str,
+        opts: ClientOptions,
+        token: Option<&str>,
+    ) -> Self {
         let mut ws = connect(server).await;
-        send(&mut ws, json!({"type": "join", "room": room, "name": name})).await;
+        send(
+            &mut ws,
+            json!({"type": "join", "room": room, "name": name, "token": token}),
+        )
+        .await;
         let welcome = recv(&mut ws).await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         let id = welcome["id"].as_str().unwrap().to_owned();
@@ -232,12 +251,12 @@ impl WsParticipant {
         }
     }
 
-    fn send(&self, v: Value) {
+    pub(crate) fn send(&self, v: Value) {
         self.outbox.send(v).unwrap();
     }
 
     /// The latest message of `kind` matching `f`.
-    fn last(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub(crate) fn last(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Option<Value> {
         self.inbox
             .lock()
             .unwrap()
@@ -270,7 +289,9 @@ async fn websocket_and_whip_participants_share_a_room_with_layout_mute_speaking_
     let mut red = ClientOptions::participant(0xffff0000, 500.0);
     red.receive = false;
     let whip = Client::join(&base, room, red).await;
-    let whip_id = whip.location.rsplit('/').next().unwrap().to_owned();
+    let whip_id = mixdown::ids::SessionId::public_in_location(&whip.location)
+        .unwrap()
+        .to_owned();
     let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
 
     // Ada hears of the WHIP participant and gets a layout with both tiles, named.

@@ -494,7 +494,10 @@ async fn an_offer_and_its_trickle_make_the_server_check_at_most_16_candidates() 
         .unwrap()
         .clone()
         .expect("the server answered");
-    let session = mixdown::ids::SessionId::parse(location.rsplit('/').next().unwrap()).unwrap();
+    let session = mixdown::ids::SessionId::parse(
+        mixdown::ids::SessionId::public_in_location(&location).unwrap(),
+    )
+    .unwrap();
     let room_id = mixdown::ids::RoomId::parse(room).unwrap();
     // Thirty more trickled: six fit the budget of sixteen, the rest are refused.
     let mut refused = 0;

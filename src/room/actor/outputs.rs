@@ -13,6 +13,7 @@ use crate::output::task::{AudioInput, Builder, Destination, OutputTask};
 use crate::output::{
     self, Control, OutputError, OutputInfo, OutputKind, OutputRequest, OutputState,
 };
+use crate::signal::ServerMessage;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub(super) struct RunningOutput {
     task: tokio::task::JoinHandle<()>,
     uses_aac: bool,
     hls: bool,
+    /// `recording`, or the stream's kind (`hls`, `rtmp`): what participants are told.
+    pub(super) what: &'static str,
 }
 
 fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -310,6 +313,11 @@ impl Room {
                 task,
                 uses_aac: aac,
                 hls: is_hls,
+                what: match &request {
+                    OutputRequest::Recording { .. } => "recording",
+                    OutputRequest::Hls => "hls",
+                    OutputRequest::Rtmp { .. } => "rtmp",
+                },
             },
         );
         self.request_keyframe((codec, 0));
@@ -347,6 +355,7 @@ impl Room {
         let Some(o) = self.outputs.remove(&id) else {
             return;
         };
+        self.announce_outputs();
         let _ = o.task.await;
         if o.uses_aac {
             self.aac_users = self.aac_users.saturating_sub(1);
@@ -359,6 +368,40 @@ impl Room {
             }
         } else {
             self.audio.remove_listener(id).await;
+        }
+    }
+
+    /// What participants are told about recordings and streams running: nobody is recorded
+    /// or broadcast without knowing.
+    pub(super) fn output_messages(&self) -> [ServerMessage; 2] {
+        let count = self
+            .outputs
+            .values()
+            .filter(|o| o.what == "recording")
+            .count();
+        let mut kinds: Vec<String> = self
+            .outputs
+            .values()
+            .filter(|o| o.what != "recording")
+            .map(|o| o.what.to_owned())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        [
+            ServerMessage::Recording {
+                active: count > 0,
+                count,
+            },
+            ServerMessage::Streaming {
+                active: !kinds.is_empty(),
+                kinds,
+            },
+        ]
+    }
+
+    pub(super) fn announce_outputs(&self) {
+        for m in self.output_messages() {
+            self.broadcast(m);
         }
     }
 
