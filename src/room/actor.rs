@@ -177,33 +177,41 @@ async fn run(
     };
     room.auto_start_outputs().await;
     room.announce_outputs();
-    loop {
-        let deadline = room
-            .gates
-            .values()
-            .filter_map(|g| g.poll_timeout())
-            .chain(room.visible.poll_timeout())
-            .min();
-        tokio::select! {
-            cmd = commands.recv() => match cmd {
-                Some(RoomCommand::Shutdown) | None => break,
-                Some(cmd) => room.handle_command(cmd).await,
-            },
-            Some(event) = events.recv() => room.handle_event(event).await,
-            Some(output) = ended.recv() => room.output_ended(output).await,
-            Some(event) = audio_events.recv() => match event {
-                AudioEvent::Speaking(session, on) => room.speaking_changed(session, on),
-                AudioEvent::Mixed(session, on) => room.mixed_changed(session, on),
-            },
-            Some(VideoEvent::FirstFrame(session)) = video_events.recv() => room.first_frame(session),
-            _ = sleep_until_opt(deadline) => {
-                room.poll_keyframes();
-                room.update_visible();
+    // A panic in the room's own work closes this room cleanly below (recordings finalised,
+    // pipeline to Null, sessions and ports freed); other rooms run in their own tasks.
+    let served = std::panic::AssertUnwindSafe(async {
+        loop {
+            let deadline = room
+                .gates
+                .values()
+                .filter_map(|g| g.poll_timeout())
+                .chain(room.visible.poll_timeout())
+                .min();
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(RoomCommand::Shutdown) | None => break,
+                    Some(RoomCommand::Panic) => panic!("a test asked room {} to panic", room.id),
+                    Some(cmd) => room.handle_command(cmd).await,
+                },
+                Some(event) = events.recv() => room.handle_event(event).await,
+                Some(output) = ended.recv() => room.output_ended(output).await,
+                Some(event) = audio_events.recv() => match event {
+                    AudioEvent::Speaking(session, on) => room.speaking_changed(session, on),
+                    AudioEvent::Mixed(session, on) => room.mixed_changed(session, on),
+                },
+                Some(VideoEvent::FirstFrame(session)) = video_events.recv() => room.first_frame(session),
+                _ = sleep_until_opt(deadline) => {
+                    room.poll_keyframes();
+                    room.update_visible();
+                }
+            }
+            if room.participants.is_empty() {
+                break;
             }
         }
-        if room.participants.is_empty() {
-            break;
-        }
+    });
+    if futures_util::FutureExt::catch_unwind(served).await.is_err() {
+        tracing::error!(room = %room.id, "the room failed (a panic): closing it");
     }
     // Stop taking commands first: queued joins fail with `Closed` and the registry retries
     // them on a fresh room.
@@ -238,7 +246,10 @@ async fn run(
             RoomCommand::SetLayout { reply, .. } => {
                 let _ = reply.send(Err(RoomError::Closed(room.id.clone())));
             }
-            RoomCommand::Mute { .. } | RoomCommand::Chat { .. } | RoomCommand::Shutdown => {}
+            RoomCommand::Mute { .. }
+            | RoomCommand::Chat { .. }
+            | RoomCommand::Shutdown
+            | RoomCommand::Panic => {}
         }
     }
     room.close().await;
@@ -333,7 +344,7 @@ impl Room {
                 }
                 let _ = reply.send(result);
             }
-            RoomCommand::Shutdown => {}
+            RoomCommand::Shutdown | RoomCommand::Panic => {}
         }
     }
 

@@ -270,6 +270,8 @@ pub(crate) enum RoomCommand {
         reply: oneshot::Sender<Result<LayoutInfo, RoomError>>,
     },
     Shutdown,
+    /// Test hook: the actor panics (to show a failing room closes cleanly, alone).
+    Panic,
 }
 
 /// A cloneable address of one room's actor.
@@ -579,6 +581,16 @@ impl RoomRegistry {
 
     pub fn room_count(&self) -> usize {
         self.inner.rooms().len()
+    }
+
+    /// Makes a room's actor panic: a test hook for the blast radius of a failing room (it
+    /// closes cleanly and alone). Not reachable from the network.
+    #[doc(hidden)]
+    pub async fn inject_panic(&self, room: &RoomId) -> bool {
+        match self.get(room) {
+            Some(h) => h.tx.send(RoomCommand::Panic).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Room actors still running, teardown included.

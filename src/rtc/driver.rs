@@ -769,7 +769,15 @@ impl Driver {
                     }
                     _ => return,
                 };
-                let _ = self.io.events.try_send(event);
+                // Never dropped: a room that missed "gone" would keep a dead participant.
+                // When the room's queue is full, a task waits for room in it.
+                if let Err(mpsc::error::TrySendError::Full(event)) = self.io.events.try_send(event)
+                {
+                    let events = self.io.events.clone();
+                    tokio::spawn(async move {
+                        let _ = events.send(event).await;
+                    });
+                }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 let audio_level_id = self.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {

@@ -419,8 +419,13 @@ impl PeerFactory {
             pc.add_local_candidate(host_candidate(addr, true)?)
                 .map_err(neg)?;
         }
-        let answer = pc.create_answer(None).map_err(neg)?;
-        pc.set_local_description(now, answer).map_err(neg)?;
+        // Once the offer is accepted, what can still fail is what the offer says (a garbled
+        // `a=ssrc` surfaces here as "no trackStreams found for SSRC"): the client's fault, 400.
+        let unanswerable =
+            |e: ::rtc::shared::error::Error| RtcError::Offer(format!("it cannot be answered: {e}"));
+        let answer = pc.create_answer(None).map_err(unanswerable)?;
+        pc.set_local_description(now, answer)
+            .map_err(unanswerable)?;
         let mut sdp = pc.local_description().ok_or(RtcError::Gathering)?.sdp;
         if let Some(public) = s.public_ip {
             sdp = rewrite_candidates(&sdp, public);

@@ -82,7 +82,7 @@ async fn started_tiles(base: &str, room: &str, who: [&Client; 2]) -> Option<[[u3
         .ok()?;
     let mut tiles = [[0; 4]; 2];
     for (i, c) in who.iter().enumerate() {
-        let session = c.location.rsplit('/').next()?;
+        let session = mixdown::ids::SessionId::public_in_location(&c.location)?;
         let p = info["participants"]
             .as_array()?
             .iter()

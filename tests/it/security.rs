@@ -551,3 +551,235 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n
 a=rtpmap:111 opus/48000/2\r\n"
         .into()
 }
+
+/// A real offer (webrtc-rs, audio and video), captured before it is sent.
+async fn real_offer(base: &str) -> String {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let keep = std::sync::Arc::clone(&captured);
+    let _ = Client::connect(
+        base,
+        ClientOptions::participant(RED.0, 500.0),
+        async move |offer: String| {
+            *keep.lock().unwrap() = offer;
+            Err("captured".to_owned())
+        },
+    )
+    .await;
+    let offer = captured.lock().unwrap().clone();
+    assert!(offer.contains("m=video"), "{offer}");
+    offer
+}
+
+/// Offers broken the ways a fuzzer or a hostile client breaks them.
+fn mutants(offer: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = offer.lines().collect();
+    let join = |v: Vec<String>| v.join("\r\n") + "\r\n";
+    let mut out = Vec::new();
+    for i in 0..lines.len() {
+        let mut dropped: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        dropped.remove(i);
+        out.push((format!("line {i} dropped"), join(dropped)));
+        let mut doubled: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        doubled.insert(i, lines[i].to_owned());
+        out.push((format!("line {i} twice"), join(doubled)));
+        let mut garbled: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        garbled[i] = format!(
+            "{}\u{1}x:{}",
+            &lines[i][..lines[i].len().min(2)],
+            "9".repeat(30)
+        );
+        out.push((format!("line {i} garbled"), join(garbled)));
+    }
+    let rewrite = |what: &str, f: &dyn Fn(&str) -> String| {
+        (what.to_owned(), join(lines.iter().map(|l| f(l)).collect()))
+    };
+    out.push(rewrite("ssrc garbled", &|l| {
+        if l.starts_with("a=ssrc:") {
+            format!("a=ssrc:x{}", &l[7..])
+        } else {
+            l.to_owned()
+        }
+    }));
+    out.push(rewrite("ssrc blown up", &|l| {
+        if l.starts_with("a=ssrc:") {
+            "a=ssrc:99999999999999999999 cname:x".into()
+        } else {
+            l.to_owned()
+        }
+    }));
+    out.push(rewrite("candidate port 0", &|l| {
+        if l.starts_with("a=mid:") {
+            format!("{l}\r\na=candidate:1 1 udp 2122260223 127.0.0.1 0 typ host")
+        } else {
+            l.to_owned()
+        }
+    }));
+    out.push(rewrite("payload types blown up", &|l| {
+        l.replace(" 96", " 99999")
+    }));
+    out.push(rewrite("huge attribute", &|l| {
+        if l.starts_with("a=mid:") {
+            format!("{l}\r\na=x-{}", "y".repeat(50_000))
+        } else {
+            l.to_owned()
+        }
+    }));
+    out.push(rewrite("fingerprint garbled", &|l| {
+        if l.starts_with("a=fingerprint:") {
+            "a=fingerprint:sha-256 zz".into()
+        } else {
+            l.to_owned()
+        }
+    }));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_offers_get_4xx_and_joins_racing_a_close_are_never_refused() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let offer = real_offer(&base).await;
+    let mut corpus = mutants(&offer);
+    // The fuzzer's SDP corpus, replayed over HTTP.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sdp_offer");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten().take(300) {
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                corpus.push((e.path().display().to_string(), text));
+            }
+        }
+    }
+    let mut answered = 0;
+    for (what, sdp) in &corpus {
+        let res = reqwest::Client::new()
+            .post(server.url("/whip/mutants"))
+            .header("Content-Type", "application/sdp")
+            .body(sdp.clone())
+            .send()
+            .await
+            .expect("the server answers");
+        let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = res.text().await.unwrap_or_default();
+        assert!(
+            status == 201 || (400..500).contains(&status),
+            "{what}: {status} {body}"
+        );
+        if let Some(l) = location {
+            answered += 1;
+            assert_eq!(mixdown_bench::client::delete_session(&base, &l).await, 200);
+        }
+    }
+    tracing::info!(mutants = corpus.len(), answered, "mutated offers");
+    assert!(corpus.len() > 100);
+
+    // Join then leave, 500 times in a row on one room: each join meets the room closing
+    // behind the previous leave, and must open it again rather than fail.
+    for i in 0..500 {
+        let res = reqwest::Client::new()
+            .post(server.url("/whip/churn"))
+            .header("Content-Type", "application/sdp")
+            .body(offer.clone())
+            .send()
+            .await
+            .expect("the server answers");
+        let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(
+            status,
+            201,
+            "join {i}: {}",
+            res.text().await.unwrap_or_default()
+        );
+        let location = location.expect("a Location");
+        assert_eq!(
+            mixdown_bench::client::delete_session(&base, &location).await,
+            200
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_panics_closes_cleanly_and_alone() {
+    init_logging();
+    let dir = std::env::temp_dir().join(format!("mixdown-it-panic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = test_config();
+    config.recording.dir = dir.clone();
+    let server = TestServer::start(config).await;
+    let base = server.url("");
+    let red = Client::join(&base, "doomed", ClientOptions::participant(RED.0, 500.0)).await;
+    let blue = Client::join(&base, "calm", ClientOptions::participant(BLUE.0, 700.0)).await;
+    let viewer = Client::join(&base, "calm", ClientOptions::viewer()).await;
+    sees(
+        &server,
+        "calm",
+        &viewer,
+        &[(blue.location.as_str(), BLUE.1)],
+    )
+    .await;
+    let (status, _, rec) = call(
+        &server,
+        "POST",
+        "/api/rooms/doomed/recordings",
+        "application/json",
+        r#"{"format":"mkv"}"#.into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{rec}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sessions = server.state.rooms.peers().sessions_open();
+
+    let doomed = mixdown::ids::RoomId::parse("doomed").unwrap();
+    assert!(server.state.rooms.inject_panic(&doomed).await);
+    wait_for("the failed room to be gone", LIMIT, || async {
+        server.state.rooms.live_rooms() == 1 && server.room_info("doomed").await.is_none()
+    })
+    .await;
+    // Its session was closed (its port share freed) and its recording finalised.
+    assert_eq!(server.state.rooms.peers().sessions_open(), sessions - 1);
+    let id = rec["id"].as_str().unwrap();
+    let (_, _, after) = call(
+        &server,
+        "GET",
+        &format!("/api/rooms/doomed/recordings/{id}"),
+        "",
+        String::new(),
+        None,
+    )
+    .await;
+    assert_eq!(after["state"], "finished", "{after}");
+    let path = after["path"].as_str().unwrap();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "{path}: {size} bytes");
+    // The other room never noticed.
+    let before = viewer.received.frame_count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(viewer.received.frame_count() > before);
+    sees(
+        &server,
+        "calm",
+        &viewer,
+        &[(blue.location.as_str(), BLUE.1)],
+    )
+    .await;
+    // And the failed room's name opens again.
+    let again = Client::join(&base, "doomed", ClientOptions::participant(RED.0, 500.0)).await;
+    again.leave().await;
+    drop(red);
+    viewer.leave().await;
+    blue.leave().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
