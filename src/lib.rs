@@ -18,6 +18,7 @@ pub mod media;
 pub mod memory;
 pub mod mixer;
 pub mod output;
+pub mod picture;
 pub mod room;
 pub mod rtc;
 pub mod sdp;

@@ -117,13 +117,21 @@ pub type SharedRtpSink = Arc<dyn RtpSink>;
 
 /// A publisher's video on its way to a decoder that exists only while the publisher is
 /// visible: packets pass while a decoder is attached, and are dropped (and counted) before
-/// any jitter buffer or decoder otherwise. The room opens and closes it.
+/// any jitter buffer or decoder otherwise. The room opens and closes it. A picture larger
+/// than the limit (announced by a keyframe or SPS) is dropped too, until a smaller one comes.
 #[derive(Default)]
 pub struct VideoGate {
     decoder: std::sync::RwLock<Option<SharedRtpSink>>,
     passed: AtomicU64,
     dropped: AtomicU64,
     bytes: AtomicU64,
+    /// The codec and the largest picture (width x height) let through; none: no limit.
+    limit: Option<(VideoCodec, u64)>,
+    /// 0: no picture size seen yet (nothing a decoder could start from passes), 1: within
+    /// the limit, 2: over it.
+    size: std::sync::atomic::AtomicU8,
+    /// Told (width, height) when the publisher's picture goes over the limit.
+    on_too_large: Option<Box<dyn Fn(u32, u32) + Send + Sync>>,
 }
 
 /// What a [`VideoGate`] saw.
@@ -138,6 +146,25 @@ pub struct GateCounts {
 }
 
 impl VideoGate {
+    /// A gate for `codec` that lets no picture larger than `max_pixels` through, calling
+    /// `on_too_large` each time the publisher's picture goes over it.
+    pub fn with_limit(
+        codec: VideoCodec,
+        max_pixels: u32,
+        on_too_large: impl Fn(u32, u32) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            limit: Some((codec, u64::from(max_pixels))),
+            on_too_large: Some(Box::new(on_too_large)),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the publisher's picture is over the limit (its packets are dropped).
+    pub fn too_large(&self) -> bool {
+        self.size.load(Ordering::Relaxed) == 2
+    }
+
     /// Sends packets to `decoder` from now on.
     pub fn open(&self, decoder: SharedRtpSink) {
         if let Ok(mut d) = self.decoder.write() {
@@ -164,6 +191,24 @@ impl VideoGate {
 impl RtpSink for VideoGate {
     fn push_rtp(&self, packet: Bytes) {
         self.bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
+        if let Some((codec, max)) = self.limit {
+            let size =
+                parse_rtp(&packet).and_then(|v| crate::picture::announced_size(codec, v.payload));
+            if let Some((w, h)) = size {
+                let over = u64::from(w) * u64::from(h) > max;
+                let state = if over { 2 } else { 1 };
+                if self.size.swap(state, Ordering::Relaxed) != state
+                    && over
+                    && let Some(f) = &self.on_too_large
+                {
+                    f(w, h);
+                }
+            }
+            if self.size.load(Ordering::Relaxed) != 1 {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         // Pushed under the read lock (the decoder's sink never blocks): no reference count
         // to take per packet.
         let Ok(decoder) = self.decoder.read() else {

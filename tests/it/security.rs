@@ -783,3 +783,46 @@ async fn a_room_that_panics_closes_cleanly_and_alone() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_picture_over_the_size_limit_is_not_decoded() {
+    init_logging();
+    let mut config = test_config();
+    // The test publishers send 320x240: a 160x120 limit refuses them.
+    config.limits.max_video_pixels = 160 * 120;
+    let server = TestServer::start(config).await;
+    let base = server.url("");
+    let room = "huge";
+    let red = Client::join(&base, room, ClientOptions::participant(RED.0, 500.0)).await;
+    let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
+    wait_for("the limit to be reached", LIMIT, || async {
+        server.state.rooms.counters().snapshot()["video_pixels"] == 1
+    })
+    .await;
+    wait_for("decoded frames", LIMIT, || async {
+        viewer.received.frame_count() > 30
+    })
+    .await;
+    // Red's packets arrive and are dropped: no decoder ever sees its picture, its tile does
+    // not turn red, and the room goes on (the viewer keeps getting frames).
+    let info = server.room_info(room).await.unwrap();
+    let public = mixdown::ids::SessionId::public_in_location(&red.location).unwrap();
+    let p = info["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["session"] == public)
+        .unwrap()
+        .clone();
+    assert_eq!(p["video_packets"]["decoded"], 0, "{p}");
+    assert!(p["video_packets"]["dropped"].as_u64().unwrap() > 10, "{p}");
+    let tile = server.tile_of(room, &red.location).await.expect("a tile");
+    let mean = viewer.received.frame().unwrap().mean(tile);
+    assert!(
+        !crate::common::close_to(mean, RED.1, 60.0),
+        "red's picture was shown: {mean:?}"
+    );
+    viewer.leave().await;
+    red.leave().await;
+    server.stop().await;
+}

@@ -123,7 +123,20 @@ impl Room {
         if !p.publishes_video {
             return None;
         }
-        let gate = Arc::new(VideoGate::default());
+        let max = self.registry.config.limits.max_video_pixels;
+        let (registry, room, name) = (Arc::clone(&self.registry), self.id.clone(), p.name.clone());
+        let gate = Arc::new(VideoGate::with_limit(codec, max, move |w, h| {
+            crate::limits::Counters::bump(&registry.counters.video_pixels);
+            tracing::warn!(
+                room = %room,
+                %session,
+                %name,
+                width = w,
+                height = h,
+                max_pixels = max,
+                "a publisher's picture is larger than limits.max_video_pixels: its video is dropped"
+            );
+        }));
         p.video_in = Some(VideoInput {
             codec,
             payload_type,
