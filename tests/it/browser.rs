@@ -49,6 +49,65 @@ async fn chromium_joins_over_whip_and_decodes_the_mix() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_joins_over_https_with_a_self_signed_certificate_and_a_token() {
+    init_logging();
+    let secret = "a-test-secret-that-is-at-least-32-bytes-long";
+    let mut config = test_config();
+    config.server.self_signed = true;
+    config.auth.keys.insert("APIbrowser".into(), secret.into());
+    let server = TestServer::start(config).await;
+    assert_eq!(server.scheme, "https");
+    let room = "tls";
+    let now = mixdown::auth::now_unix();
+    let token = mixdown::auth::mint(
+        &mixdown::auth::Claims {
+            iss: "APIbrowser".into(),
+            sub: "chromium".into(),
+            name: "Chromium".into(),
+            nbf: Some(now - 1),
+            exp: now + 600,
+            video: mixdown::auth::VideoGrant {
+                room: room.into(),
+                room_join: true,
+                ..Default::default()
+            },
+        },
+        secret,
+    );
+    let mut tone = ClientOptions::participant(0xffff0000, 700.0);
+    tone.token = Some(token.clone());
+    // The webrtc-rs participant signals over plain TCP to the same port: refused (TLS only).
+    assert!(
+        Client::try_join(&format!("http://{}", server.addr), room, tone.clone())
+            .await
+            .is_err()
+    );
+    // Chromium, told to trust the certificate's key, joins over HTTPS with its token and
+    // decodes the composite (its own camera) at the canvas size.
+    let (report, _) = chromium_report(
+        &server,
+        room,
+        "127.0.0.1".parse().unwrap(),
+        None,
+        &format!("&token={token}"),
+    )
+    .await;
+    assert!(report.get("error").is_none(), "page error: {report}");
+    let samples = report["samples"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    let frames: Vec<u64> = samples
+        .iter()
+        .map(|s| s["framesDecoded"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        frames.windows(2).rev().take(6).all(|w| w[1] > w[0]),
+        "frames decoded stopped rising: {frames:?}"
+    );
+    assert_eq!(last["width"], 640, "{last}");
+    server.stop().await;
+}
+
 /// Runs the test page in headless Chromium (inside `ns` if given), joining `room` over WHIP,
 /// with the page served from `page_ip` (`query` adds page parameters: `&seconds=20&w=640`).
 /// Returns the page's report and whether the server decoded Chromium's camera meanwhile.
@@ -88,6 +147,10 @@ pub(crate) async fn chromium_report(
     };
     // getUserMedia needs a secure context: loopback is one, another address is not.
     let secure = format!("--unsafely-treat-insecure-origin-as-secure=http://{page_addr}");
+    // A server on HTTPS with its own certificate: Chromium trusts that key, and only it.
+    if let Some(spki) = &server.spki {
+        command.arg(format!("--ignore-certificate-errors-spki-list={spki}"));
+    }
     let mut chromium = command
         .args(CHROMIUM_FLAGS)
         .arg(secure)

@@ -44,6 +44,10 @@ pub fn udp_sockets_on_port(port: u16) -> usize {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: AppState,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// base64 SHA-256 of the certificate's public key, when serving HTTPS.
+    pub spki: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -53,6 +57,8 @@ impl TestServer {
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.addr;
         let state = server.state.clone();
+        let scheme = server.scheme();
+        let spki = server.tls.as_ref().map(|t| t.spki_sha256.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -65,13 +71,15 @@ impl TestServer {
         Self {
             addr,
             state,
+            scheme,
+            spki,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// What `GET /api/rooms/{room}` shows, read in-process (so it works whatever the
