@@ -1,7 +1,9 @@
 // Mixdown conference app (plain ES2020, no build step, no libraries).
 // Lobby: choose a room, a name and devices, with a live preview. Room: the server's single
 // composite video with name labels and your own live camera laid over your tile, the
-// participant list, chat, connection statistics and automatic reconnection.
+// participant list with the audience count, a banner while the room is recorded or streamed,
+// chat, connection statistics and automatic reconnection. An access token in the address
+// (`?token=` or `#token=`) is removed from it at once and sent with `join` and API calls.
 // Signalling is the JSON protocol over /ws described in docs/signalling.md.
 // window.mixdown mirrors the live state for automated tests.
 'use strict';
@@ -18,7 +20,42 @@ const ui = {
   participants: $('participants'), participantCount: $('participant-count'),
   chatMessages: $('chat-messages'), chatForm: $('chat-form'), chatInput: $('chat-input'),
   stats: $('stats'), chart: $('stats-chart'),
+  live: $('live-banner'), liveRecording: $('live-recording'), liveStreaming: $('live-streaming'),
+  viewers: $('viewer-count'),
 };
+
+// An access token (docs/signalling.md) comes as `?token=` or `#token=`. It is taken out of the
+// address bar and this history entry at once, so it is not bookmarked, shared, synced or left
+// in the history, and kept in memory only (sent in `join` and as a Bearer token to the API).
+function takeToken() {
+  const url = new URL(location.href);
+  const hash = new URLSearchParams(url.hash.slice(1));
+  if (!url.searchParams.has('token') && !hash.has('token')) return null;
+  const token = (url.searchParams.get('token') || hash.get('token') || '').trim();
+  url.searchParams.delete('token');
+  hash.delete('token');
+  url.hash = hash.toString();
+  window.history.replaceState(window.history.state, '', url.href);
+  return token || null;
+}
+const accessToken = takeToken();
+
+// The name a token carries (`name`, else `sub`): the server uses it instead of the typed one.
+// Read for display only; the server verifies the token.
+function tokenName(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    const name = String(claims.name || claims.sub || '').trim();
+    return name ? [...name].slice(0, 40).join('') : null;
+  } catch {
+    return null;
+  }
+}
+
+// Headers for the REST API: the Bearer token when there is one.
+const apiHeaders = (extra = {}) => (accessToken ? { ...extra, Authorization: `Bearer ${accessToken}` } : extra);
 
 const params = new URLSearchParams(location.search);
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -40,7 +77,7 @@ async function pollQuality() {
   if (!session || !mixdown.id || performance.now() - qualityPolled < 3000) return;
   qualityPolled = performance.now();
   try {
-    const r = await fetch(`/api/rooms/${encodeURIComponent(session.room)}`);
+    const r = await fetch(`/api/rooms/${encodeURIComponent(session.room)}`, { headers: apiHeaders() });
     if (!r.ok) return;
     const info = await r.json();
     const me = (info.participants || []).find((p) => p.session === mixdown.id);
@@ -56,6 +93,9 @@ function qualityText(q) {
 const mixdown = (window.mixdown = {
   state: 'lobby', id: null, participants: [], layout: null, chat: [], errors: [],
   stats: emptyStats(),
+  // What the server says of the room's outputs and audience (`recording`, `streaming`,
+  // `viewers` events); viewers is null until the server has said.
+  recording: { active: false, count: 0 }, streaming: { active: false, kinds: [] }, viewers: null,
   sendChat, setMuted, leave, setLayoutMode, togglePin,
 });
 
@@ -70,7 +110,7 @@ let iceServers = [];
 let reconnectTimer = null;
 let disconnectTimer = null;
 let lastTotals = null;       // byte counters of the previous stats sample
-const history = { in: [], out: [] };
+const bitrates = { in: [], out: [] };   // the chart's samples
 
 // The live camera over your own tile; moved into whichever tile is yours.
 const selfPreview = document.createElement('video');
@@ -94,7 +134,18 @@ const localTrack = (kind) => localStream.getTracks().find((t) => t.kind === kind
 const isOff = (kind) => !localTrack(kind) || muted[kind];
 const watchUrl = (room) => `/watch/${encodeURIComponent(room || 'demo')}`;
 const isDeviceError = (code) => /^(camera|microphone|media)-/.test(code);
-const watchLink = (room) => el('a', { href: watchUrl(room) }, 'watch the room instead');
+const watchLink = (room) => carryToken(el('a', { href: watchUrl(room) }, 'watch the room instead'));
+
+// A link to the other page of the app hands the token over in the fragment (which is never
+// sent to the server and which that page removes at once), never in the visible address.
+function carryToken(a) {
+  a.addEventListener('click', (e) => {
+    if (!accessToken || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    location.assign(`${a.href}#token=${encodeURIComponent(accessToken)}`);
+  });
+  return a;
+}
 
 function setState(state) {
   mixdown.state = state;
@@ -232,7 +283,7 @@ function join() {
   if (!localTrack('audio') && !localTrack('video')) {
     return showError('media-unavailable', 'Taking part needs a camera or a microphone; you can', watchLink(room));
   }
-  localStorage.setItem('mixdown-name', name);
+  if (!ui.displayName.readOnly) localStorage.setItem('mixdown-name', name);
   clearError((code) => !isDeviceError(code));   // device warnings stay useful in the room
   session = { room, name, attempt: 0, everJoined: false };
   mixdown.chat = [];
@@ -252,7 +303,7 @@ function connect() {
   }
   ws.onopen = () => {
     c.opened = true;
-    send({ type: 'join', room: session.room, name: session.name });
+    send({ type: 'join', room: session.room, name: session.name, ...(accessToken ? { token: accessToken } : {}) });
   };
   ws.onmessage = (e) => {
     if (conn !== c) return;
@@ -335,9 +386,10 @@ function resetRoom() {
   ui.composite.srcObject = null;
   ui.composite.muted = false;
   ui.unmute.hidden = true;
-  history.in = [];
-  history.out = [];
+  bitrates.in = [];
+  bitrates.out = [];
   lastTotals = null;
+  resetLive();
   renderParticipants();
   renderOverlay();
   renderControls();
@@ -373,6 +425,15 @@ function onMessage(msg) {
     case 'speaking': return setSpeaking(msg.id, msg.speaking);
     case 'layout': return setLayout(msg);
     case 'chat': return addChat(msg);
+    case 'recording':
+      mixdown.recording = { active: !!msg.active, count: Number(msg.count) || 0 };
+      return renderLive();
+    case 'streaming':
+      mixdown.streaming = { active: !!msg.active, kinds: Array.isArray(msg.kinds) ? msg.kinds.map(String) : [] };
+      return renderLive();
+    case 'viewers':
+      mixdown.viewers = Number(msg.count) || 0;
+      return renderViewers();
     case 'error': return onServerError(msg);
     default: return undefined;   // `left` acknowledges our own leave; nothing to do
   }
@@ -387,6 +448,9 @@ async function onWelcome(msg) {
     ? { urls: s.urls, username: s.username, credential: s.credential }
     : { urls: s.urls }));
   mixdown.participants = [];
+  // The server says again what runs once this participant is in (after its offer): what was
+  // shown before a reconnection may have stopped meanwhile.
+  resetLive();
   (msg.participants || []).forEach(upsertParticipant);
   if (!mixdown.participants.some((p) => p.id === msg.id)) {
     upsertParticipant({
@@ -413,7 +477,20 @@ function onServerError({ code, message }) {
     mixdown.errors.push({ code, message: text });   // e.g. after leaving; nothing to show
     return;
   }
+  // Refused at `join`, or an offer refused (the reply to the offer still awaited): fatal.
+  // Later (chat the token does not allow) it is only shown.
+  const refusedEntry = !conn?.welcomed || conn.offers > conn.answers;
   switch (code) {
+    case 'unauthorized':
+      if (!refusedEntry) return showError(code, `Not allowed: ${text}`);
+      return fail(code, accessToken
+        ? `Your access link was not accepted: ${text}. Ask whoever invited you for a new link.`
+        : 'This server only lets people in with an access link (an address ending in “?token=…”). Open the link you were given.');
+    case 'forbidden':
+      if (!refusedEntry) return showError(code, `Not allowed: ${text}`);
+      return fail(code, `Your access link does not let you in here: ${text}.`);
+    case 'too-many':
+      return fail(code, `Too many connections from your network address are open already: ${text}. Close another Mixdown tab and try again.`);
     case 'room-full': return fail(code, `The room “${session.room}” is full. Try another room, or`, watchLink(session.room));
     case 'unavailable':
       mixdown.errors.push({ code, message: text });
@@ -606,6 +683,34 @@ function renderParticipants() {
   }));
 }
 
+// The room's recordings and streams, shown as long as any runs: nobody is recorded or
+// broadcast without seeing it.
+const KIND_NAMES = { hls: 'HLS', rtmp: 'RTMP' };
+function renderLive() {
+  const { recording, streaming } = mixdown;
+  const kinds = streaming.kinds.map((k) => KIND_NAMES[k] || k.toUpperCase());
+  ui.liveRecording.hidden = !recording.active;
+  ui.liveRecording.title = recording.count > 1 ? `${recording.count} recordings running` : 'This room is being recorded';
+  ui.liveStreaming.hidden = !streaming.active;
+  ui.liveStreaming.replaceChildren(...(streaming.active
+    ? [el('span', { class: 'live-tag' }, 'Live'), `: ${kinds.join(', ') || 'streaming'}`] : []));
+  ui.live.hidden = !recording.active && !streaming.active;
+}
+
+function resetLive() {
+  mixdown.recording = { active: false, count: 0 };
+  mixdown.streaming = { active: false, kinds: [] };
+  mixdown.viewers = null;
+  renderLive();
+  renderViewers();
+}
+
+// Viewers are the audience (watch mode, WHEP): counted, not listed.
+function renderViewers() {
+  const n = mixdown.viewers;
+  ui.viewers.textContent = n ? `${n} watching` : '';   // empty (and collapsed) when nobody
+}
+
 function setLayout(msg) {
   mixdown.layout = {
     width: msg.width, height: msg.height, tiles: msg.tiles || [],
@@ -622,7 +727,7 @@ async function putLayout(body) {
   if (!session) return false;
   try {
     const r = await fetch(`/api/rooms/${encodeURIComponent(session.room)}/layout`, {
-      method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+      method: 'PUT', headers: apiHeaders({ 'Content-Type': 'application/json' }), body: JSON.stringify(body),
     });
     if (!r.ok) {
       const e = await r.json().catch(() => ({}));
@@ -758,8 +863,8 @@ async function pollStats() {
   s.quality = serverQuality;
   if (peer !== p) return;
   mixdown.stats = s;
-  history.in = [...history.in, s.bitrateIn].slice(-CHART_POINTS);
-  history.out = [...history.out, s.bitrateOut].slice(-CHART_POINTS);
+  bitrates.in = [...bitrates.in, s.bitrateIn].slice(-CHART_POINTS);
+  bitrates.out = [...bitrates.out, s.bitrateOut].slice(-CHART_POINTS);
   renderStats();
   drawChart();
 }
@@ -792,7 +897,7 @@ function drawChart() {
   const ctx = canvas.getContext('2d');
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
-  const max = Math.max(100, ...history.in, ...history.out) * 1.15;
+  const max = Math.max(100, ...bitrates.in, ...bitrates.out) * 1.15;
   ctx.strokeStyle = 'rgba(255, 255, 255, 0.08)';
   ctx.lineWidth = 1;
   for (const f of [0.25, 0.5, 0.75]) {
@@ -805,7 +910,7 @@ function drawChart() {
   ctx.font = '10px system-ui, sans-serif';
   ctx.fillText(`${Math.round(max)} kbit/s`, 4, 11);
   const step = w / (CHART_POINTS - 1);
-  for (const [series, color] of [[history.in, CHART_COLORS.in], [history.out, CHART_COLORS.out]]) {
+  for (const [series, color] of [[bitrates.in, CHART_COLORS.in], [bitrates.out, CHART_COLORS.out]]) {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.beginPath();
@@ -824,7 +929,15 @@ function drawChart() {
 function init() {
   ui.roomName.value = params.get('room') || 'demo';
   ui.displayName.value = params.get('name') || localStorage.getItem('mixdown-name') || '';
+  const fixedName = accessToken && tokenName(accessToken);
+  if (fixedName) {
+    // The server names a participant after its token: show that name, not another.
+    ui.displayName.value = fixedName;
+    ui.displayName.readOnly = true;
+    ui.displayName.title = 'Set by your access link';
+  }
   ui.watchLink.href = watchUrl(ui.roomName.value);
+  carryToken(ui.watchLink);
   ui.roomName.addEventListener('input', () => { ui.watchLink.href = watchUrl(ui.roomName.value.trim()); });
   ui.joinForm.addEventListener('submit', (e) => { e.preventDefault(); join(); });
   ui.camera.addEventListener('change', startPreview);

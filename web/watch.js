@@ -1,8 +1,25 @@
 // Mixdown watch mode: receive-only viewer for a room's audience. Sends a recvonly offer to
 // POST /whep/{room} (after ICE gathering, at most 2 s), plays the composite and the full
 // audio mix, retries with back-off when the server is unreachable or busy, and DELETEs the
-// session's Location when the page goes away. window.mixdownWatch mirrors the state for tests.
+// session's Location when the page goes away. An access token in the address (`?token=` or
+// `#token=`) is removed from it at once, kept in memory and sent as `Authorization: Bearer`.
+// window.mixdownWatch mirrors the state for tests.
 'use strict';
+
+// Takes the token out of the address bar and this history entry (not bookmarked, shared or
+// kept in the history); the same as in app.js.
+function takeToken() {
+  const url = new URL(location.href);
+  const hash = new URLSearchParams(url.hash.slice(1));
+  if (!url.searchParams.has('token') && !hash.has('token')) return null;
+  const token = (url.searchParams.get('token') || hash.get('token') || '').trim();
+  url.searchParams.delete('token');
+  hash.delete('token');
+  url.hash = hash.toString();
+  window.history.replaceState(window.history.state, '', url.href);
+  return token || null;
+}
+const accessToken = takeToken();
 
 const $ = (id) => document.getElementById(id);
 const video = $('composite');
@@ -87,6 +104,11 @@ async function describeFailure(res) {
   try { detail = (await res.json()).error || ''; } catch { /* no JSON body */ }
   const reasons = {
     400: 'The server did not accept the request',
+    401: accessToken
+      ? 'Your access link was not accepted'
+      : 'This server only lets people watch with an access link (an address ending in “?token=…”); open the link you were given',
+    403: 'Your access link does not let you watch this room',
+    429: 'Too many connections from your network address are open already',
     404: 'The server has no watch endpoint for this room',
     406: 'The server cannot send a format this browser plays',
     503: `The room “${room}” cannot take another viewer right now`,
@@ -116,7 +138,9 @@ async function start() {
   let res;
   try {
     res = await fetch(`/whep/${encodeURIComponent(room)}`, {
-      method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: p.localDescription.sdp,
+      method: 'POST',
+      headers: { 'Content-Type': 'application/sdp', ...(accessToken ? { Authorization: `Bearer ${accessToken}` } : {}) },
+      body: p.localDescription.sdp,
     });
   } catch {
     if (pc === p) failed(`Cannot reach the Mixdown server at ${location.host}.`, true);
@@ -129,7 +153,7 @@ async function start() {
     return;
   }
   if (res.status !== 201) {
-    failed(await describeFailure(res), res.status >= 500);
+    failed(await describeFailure(res), res.status >= 500 || res.status === 429);
     return;
   }
   sessionUrl = url;
@@ -189,7 +213,14 @@ async function pollStats() {
 function init() {
   $('room-title').textContent = room;
   document.title = `Mixdown – watching ${room}`;
-  $('join-link').href = `/?room=${encodeURIComponent(room)}`;
+  const joinLink = $('join-link');
+  joinLink.href = `/?room=${encodeURIComponent(room)}`;
+  // The token goes along in the fragment (never sent to the server; the app removes it).
+  joinLink.addEventListener('click', (e) => {
+    if (!accessToken || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    location.assign(`${joinLink.href}#token=${encodeURIComponent(accessToken)}`);
+  });
   soundButton.addEventListener('click', () => {
     video.muted = false;
     video.play().catch(() => {});

@@ -1,13 +1,16 @@
 //! The browser app in real headless Chromium (fake camera and microphone), driven over the
 //! DevTools protocol: two people join the same room through the page the server serves, and
 //! the test reads what each page shows (`window.mixdown`, the DOM), sends chat, mutes, leaves,
-//! and saves a screenshot of the room as a build artefact.
+//! and saves a screenshot of the room as a build artefact. On a server with access tokens, a
+//! token link joins (and leaves the address bar at once), a bad one is refused on the page, and
+//! the page shows the room's recording and its audience.
 
 use crate::common::client::{Client, ClientOptions};
 use crate::common::{
     CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, wait_for,
 };
 use futures_util::{SinkExt, StreamExt};
+use mixdown::auth::{Claims, VideoGrant, mint, now_unix};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -345,6 +348,166 @@ async fn two_people_meet_in_the_web_app() {
     let _ = chromium.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
     server.stop().await;
+}
+
+const KEY: &str = "APIwebapp";
+const SECRET: &str = "a-webapp-test-secret-of-at-least-32-bytes";
+
+/// A token for `room` in `name`'s name (`roomJoin`, plus whatever `grant` adds).
+fn token(room: &str, name: &str, grant: impl FnOnce(&mut VideoGrant)) -> String {
+    let now = now_unix();
+    let mut video = VideoGrant {
+        room: room.into(),
+        room_join: true,
+        ..VideoGrant::default()
+    };
+    grant(&mut video);
+    let claims = Claims {
+        iss: KEY.into(),
+        sub: name.to_lowercase(),
+        name: name.into(),
+        nbf: Some(now - 1),
+        exp: now + 600,
+        video,
+    };
+    mint(&claims, SECRET)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_link_joins_and_the_page_shows_recording_and_viewers() {
+    init_logging();
+    let dir = std::env::temp_dir().join(format!("mixdown-webapp-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = test_config();
+    config.auth.keys.insert(KEY.into(), SECRET.into());
+    config.recording.dir = dir.join("recordings");
+    let server = TestServer::start(config).await;
+    let room = "guarded";
+    let (mut chromium, cdp) = start_chromium(&dir.join("profile")).await;
+    // The page's error box, its state and its address.
+    let page_state = "(e => e && window.mixdown && ({state: window.mixdown.state, \
+        shown: !e.hidden, code: e.dataset.code || null, text: e.textContent, href: location.href}))\
+        (document.getElementById('error'))";
+
+    // A bad token is refused on the page, saying why, and leaves the address bar too.
+    let bad = "not-a-jwt";
+    let eve = cdp
+        .open(&server.url(&format!("/?room={room}&name=Eve&autojoin=1&token={bad}")))
+        .await;
+    wait_for("the bad token's refusal on the page", LIMIT, || async {
+        let v = cdp.eval(&eve, page_state).await;
+        v["state"] == "error" && v["shown"] == true
+    })
+    .await;
+    let seen = cdp.eval(&eve, page_state).await;
+    let text = seen["text"].as_str().unwrap_or_default();
+    assert_eq!(seen["code"], "unauthorized", "{seen}");
+    assert!(
+        text.contains("access link was not accepted") && text.contains("not a JWT"),
+        "{seen}"
+    );
+    let href = seen["href"].as_str().unwrap_or_default();
+    assert!(!href.contains("token") && !href.contains(bad), "{href}");
+
+    // A good one joins; the address keeps everything but the token; the token's name is used.
+    let ada_token = token(room, "Ada", |_| {});
+    let ada = cdp
+        .open(&server.url(&format!(
+            "/?room={room}&name=Typed&autojoin=1&token={ada_token}"
+        )))
+        .await;
+    wait_for("Ada in the room (told of its viewers)", LIMIT, || async {
+        let v = cdp
+            .eval(
+                &ada,
+                "window.mixdown && window.mixdown.state === 'joined' && window.mixdown.viewers === 0",
+            )
+            .await;
+        v == true
+    })
+    .await;
+    let v = cdp
+        .eval(
+            &ada,
+            "({href: location.href, hash: location.hash, names: [...document.querySelectorAll('#participants li .name')].map(e => e.textContent)})",
+        )
+        .await;
+    let href = v["href"].as_str().unwrap();
+    assert!(
+        !href.contains("token") && !href.contains(&ada_token),
+        "{href}"
+    );
+    assert!(
+        href.contains(&format!("room={room}")) && href.contains("autojoin=1"),
+        "{href}"
+    );
+    assert_eq!(
+        v["names"],
+        json!(["Ada"]),
+        "the token names the participant"
+    );
+
+    // A recording started over the API (its own token) shows the banner…
+    let ops = token(room, "ops", |g| {
+        g.room_join = false;
+        g.room_record = true;
+    });
+    let api = server.url(&format!("/api/rooms/{room}/recordings"));
+    let http = reqwest::Client::new();
+    let res = http
+        .post(&api)
+        .bearer_auth(&ops)
+        .json(&json!({"format": "webm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let rec: Value = res.json().await.unwrap();
+    let banner = "(b => b && !b.hidden ? b.textContent.replace(/\\s+/g, ' ').trim() : null)\
+        (document.getElementById('live-banner'))";
+    wait_for("the recording banner", LIMIT, || async {
+        cdp.eval(&ada, banner).await == "● Recording"
+    })
+    .await;
+
+    // …a watch page with a token (WHEP, Bearer) is counted in the participant panel…
+    let viewer_token = token(room, "Vic", |g| g.can_publish = Some(false));
+    let watcher = cdp
+        .open(&server.url(&format!("/watch/{room}?token={viewer_token}")))
+        .await;
+    wait_for("Ada sees one viewer", LIMIT, || async {
+        cdp.eval(
+            &ada,
+            "(e => e && e.textContent)(document.getElementById('viewer-count'))",
+        )
+        .await
+            == "1 watching"
+    })
+    .await;
+    let href = cdp.eval(&watcher, "location.href").await;
+    assert_eq!(href, server.url(&format!("/watch/{room}")), "no token left");
+
+    // …and the banner goes when the recording stops.
+    let id = rec["id"].as_str().unwrap();
+    let res = http
+        .delete(format!("{api}/{id}"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    wait_for("the banner gone", LIMIT, || async {
+        cdp.eval(&ada, banner).await.is_null()
+    })
+    .await;
+    assert_eq!(
+        cdp.eval(&ada, "window.mixdown.recording").await,
+        json!({"active": false, "count": 0})
+    );
+
+    let _ = chromium.kill().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Standard base64 (the screenshot), without pulling in a crate for it.
