@@ -53,11 +53,14 @@ struct Cli {
     /// Large-room sizes (16 visible, 3 speaking; comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [25, 50, 100])]
     large: Vec<usize>,
+    /// Flooding tasks of the join-flood comparison (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    flood: usize,
     /// Connection counts of the transport scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     transport: Vec<usize>,
     /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs,
-    /// transport, tiers, links, large).
+    /// transport, tiers, links, large, flood).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: serve as the transport scenario's server process.
@@ -132,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
                 tier_room: 2,
                 links: false,
                 large: vec![],
+                flood: 0,
                 command,
             },
             6,
@@ -164,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
                 tier_room: 9,
                 links: true,
                 large: cli.large.clone(),
+                flood: cli.flood,
                 command,
             },
             20,
@@ -201,6 +206,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("large") {
             plan.large.clear();
+        }
+        if !keep("flood") {
+            plan.flood = 0;
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

@@ -53,8 +53,14 @@ pub struct Plan {
     /// Large-room sizes (16 visible, [`LARGE_SPEAKERS`] speaking), run in turn within each run
     /// so that the marginal cost between two sizes compares the same moments.
     pub large: Vec<usize>,
+    /// Flooding tasks of the join-flood comparison (a 9-person room with tokens, without and
+    /// with the flood, alternately); 0 skips it.
+    pub flood: usize,
     pub command: String,
 }
+
+/// Participants of the join-flood room.
+pub const FLOOD_ROOM: usize = 9;
 
 /// Participants who speak in a large room; everyone else sends silence.
 pub const LARGE_SPEAKERS: usize = 3;
@@ -135,6 +141,8 @@ pub struct Report {
     /// One row per large-room size, and for each run of each size its CPU (for the
     /// marginal cost, paired by run).
     pub large: Vec<Row>,
+    /// The join-flood pair: the room with tokens and no flood, then with the flood.
+    pub flood: Vec<Row>,
     pub errors: Vec<String>,
 }
 
@@ -424,8 +432,41 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
             }
         }
     }
+    let mut flood: Vec<Row> = if plan.flood > 0 {
+        vec![
+            Row::new(
+                format!("{FLOOD_ROOM} participants, tokens, no flood"),
+                FLOOD_ROOM,
+            ),
+            Row::new(
+                format!("{FLOOD_ROOM} participants, tokens, {} flooders", plan.flood),
+                FLOOD_ROOM,
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    for _ in 0..plan.runs {
+        for (i, row) in flood.iter_mut().enumerate() {
+            let extras = Extras {
+                flood: Some(if i == 0 { 0 } else { plan.flood }),
+                ..Extras::default()
+            };
+            match vp8_room(plan, clips, row.participants, next_ports(), extras).await {
+                Ok(r) => row.runs.push(r),
+                Err(e) => {
+                    errors.push(format!("{}: {e:#}", row.name));
+                    row.runs.push(RunResult {
+                        cpu_cores: f64::NAN,
+                        ..RunResult::default()
+                    });
+                }
+            }
+        }
+    }
     Report {
         large,
+        flood,
         rows,
         bare,
         capacity,
@@ -607,6 +648,9 @@ impl Report {
         if !self.large.is_empty() {
             self.large_markdown(&mut md);
         }
+        if !self.flood.is_empty() {
+            self.flood_markdown(&mut md);
+        }
         if !self.transport.is_empty() {
             self.transport_markdown(&mut md);
         }
@@ -630,6 +674,64 @@ impl Report {
 }
 
 impl Report {
+    /// The join flood: the same room with and without anonymous and bad-token POSTs.
+    fn flood_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Join flood\n\nA {FLOOD_ROOM}-person room on a server with `[auth] keys` (each \
+             participant sends the VP8 360p clip and speech with a valid token and receives the \
+             composite; one decoding WHEP probe), without and with flooding tasks that POST \
+             WHIP offers as fast as the server answers, half with no token and half with a \
+             token signed by the wrong secret, each on its own keep-alive connection, for the \
+             whole measured window. The two variants run alternately. The flooders run in the \
+             generator's process on the same two cores as the server.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| variant | server CPU (cores) | fps | late frames | video latency p50 (ms) | flood: requests/s | answers | generator CPU (cores) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for row in &self.flood {
+            let v = row.pooled(|r| &r.video_latency_ms);
+            let rates: Vec<f64> = row
+                .runs
+                .iter()
+                .filter_map(|r| r.flood.as_ref().map(|f| f.rate()))
+                .collect();
+            let mut statuses = std::collections::BTreeMap::new();
+            for f in row.runs.iter().filter_map(|r| r.flood.as_ref()) {
+                for (s, n) in &f.statuses {
+                    *statuses.entry(*s).or_insert(0u64) += n;
+                }
+            }
+            let answers = if statuses.is_empty() {
+                "–".to_owned()
+            } else {
+                statuses
+                    .iter()
+                    .map(|(s, n)| format!("{n} × {s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} % | {} | {} | {} | {} |",
+                row.name,
+                fmt(row.cpu(), 2),
+                fmt(row.med(|r| r.fps), 1),
+                fmt(row.med(|r| r.late_share * 100.0), 1),
+                fmt(quantile(&v, 0.5), 0),
+                if rates.is_empty() {
+                    "–".to_owned()
+                } else {
+                    fmt(median(&rates), 0)
+                },
+                answers,
+                fmt(row.med(|r| r.generator_cores), 2),
+            );
+        }
+    }
+
     /// Large rooms: the table, the largest that passes, and the marginal cost of ten more
     /// participants (hidden and silent) between consecutive sizes, paired run by run.
     fn large_markdown(&self, md: &mut String) {

@@ -41,6 +41,8 @@ pub struct RunResult {
     pub join_ms: Vec<f64>,
     /// Composite encodes running at the end of the window (codec × tier).
     pub encodes: usize,
+    /// What the join flood sent and got, when there was one.
+    pub flood: Option<crate::flood::FloodStats>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -52,6 +54,8 @@ pub struct ServerProcess {
     child: Child,
     pub base: String,
     dir: PathBuf,
+    /// Sent with the harness's own API reads, on a server with `[auth] keys`.
+    pub admin_token: Option<String>,
 }
 
 impl ServerProcess {
@@ -102,7 +106,12 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let base = format!("http://{host}:{port}");
-        let server = Self { child, base, dir };
+        let server = Self {
+            child,
+            base,
+            dir,
+            admin_token: None,
+        };
         let health = format!("{}/healthz", server.base);
         for _ in 0..100 {
             if reqwest::get(&health)
@@ -120,13 +129,17 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// `GET /api/rooms/{room}` (with the admin token on a server with keys).
+    pub async fn room_info(&self, room: &str) -> Option<serde_json::Value> {
+        let mut r = reqwest::Client::new().get(format!("{}/api/rooms/{room}", self.base));
+        if let Some(t) = &self.admin_token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.ok()?.json().await.ok()
+    }
+
     pub async fn tile_of(&self, room: &str, location: &str) -> Option<[u32; 4]> {
-        let info: serde_json::Value = reqwest::get(format!("{}/api/rooms/{room}", self.base))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let info = self.room_info(room).await?;
         let session = mixdown::ids::SessionId::public_in_location(location)?;
         let p = info["participants"]
             .as_array()?
@@ -244,6 +257,9 @@ pub struct Extras<'a> {
     /// Only the first this many participants speak; the others send silence (a muted-by-
     /// habit microphone), as in a large meeting. `None`: everyone speaks.
     pub speakers: Option<usize>,
+    /// Tokens on (`[auth] keys`), and this many tasks flooding `POST /whip` with no token or
+    /// a bad one through the measured window (0: tokens on, no flood).
+    pub flood: Option<usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,10 +295,23 @@ pub async fn server_run(
             out_dir.join("hls").display()
         ));
     }
+    if extras.flood.is_some() {
+        // Tokens on: the room's people carry valid ones, the flood none or bad ones; every
+        // generator session comes from 127.0.0.1, so the per-address limit is off.
+        extra.push_str(&format!(
+            "\n[auth]\nkeys = {{ \"{}\" = \"{}\" }}\n[limits]\nsessions_per_address = 0\n",
+            crate::flood::KEY,
+            crate::flood::SECRET
+        ));
+    }
     // Recordings and HLS segments of this run go when it ends, however it ends.
     let _cleanup = RemoveOnDrop(out_dir);
-    let server = ServerProcess::start(bin, ports, &extra).await?;
+    let mut server = ServerProcess::start(bin, ports, &extra).await?;
     let room = "bench";
+    let token = extras.flood.map(|_| {
+        server.admin_token = Some(crate::flood::token(room, true));
+        crate::flood::token(room, false)
+    });
     let mut clients = Vec::new();
     let mut join_starts = Vec::new();
     for i in 0..n {
@@ -294,6 +323,7 @@ pub async fn server_run(
         if extras.speakers.is_some_and(|s| i >= s) {
             opts.silent = true;
         }
+        opts.token = token.clone();
         if out == VideoCodec::H264 {
             // VP8 in, H.264 out: participants send VP8 and accept both.
             opts.send_codec = VideoCodec::Vp8;
@@ -307,6 +337,7 @@ pub async fn server_run(
     }
     let mut probe_opts = ClientOptions::viewer();
     probe_opts.codecs = vec![out];
+    probe_opts.token = token.clone();
     let probe = Client::try_join(&server.base, room, probe_opts)
         .await
         .map_err(|e| anyhow!("probe: {e}"))?;
@@ -317,6 +348,7 @@ pub async fn server_run(
         opts.codecs = vec![out];
         opts.decode = false;
         opts.query = format!("?max_tier={tier}");
+        opts.token = token.clone();
         viewers.push(
             Client::try_join(&server.base, room, opts)
                 .await
@@ -343,6 +375,20 @@ pub async fn server_run(
     if let Some(tile) = server.tile_of(room, &clients[0].location).await {
         *probe.received.watch.lock().unwrap() = Some(patch_in_tile(tile));
     }
+    // Join floods (anonymous and bad-token WHIP POSTs) for the whole window.
+    let flood = extras.flood.filter(|n| *n > 0).map(|n| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                tokio::spawn(crate::flood::flooder(
+                    format!("{}/whip/{room}", server.base),
+                    i,
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        (stop, tasks)
+    });
     let pid = server.pid();
     let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
     let own = CpuWindow::start(std::process::id());
@@ -351,15 +397,25 @@ pub async fn server_run(
     let cpu_cores = cpu.cores().unwrap_or(f64::NAN);
     let generator_cores = own.and_then(|o| o.cores()).unwrap_or(f64::NAN);
     let rss = rss_mib(pid).unwrap_or(f64::NAN);
-    let encodes = match reqwest::get(format!("{}/api/rooms/{room}", server.base)).await {
-        Ok(r) => r
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v["encodes"].as_array().map(|a| a.len()))
-            .unwrap_or(0),
-        Err(_) => 0,
+    let flood = match flood {
+        Some((stop, tasks)) => {
+            let _ = stop.send(true);
+            let mut total = crate::flood::FloodStats::default();
+            for t in tasks {
+                if let Ok(s) = t.await {
+                    total.add(&s);
+                }
+            }
+            total.seconds = window_start.elapsed().as_secs_f64();
+            Some(total)
+        }
+        None => None,
     };
+    let encodes = server
+        .room_info(room)
+        .await
+        .and_then(|v| v["encodes"].as_array().map(|a| a.len()))
+        .unwrap_or(0);
 
     let frames: Vec<(Instant, u32)> = probe
         .received
@@ -436,6 +492,7 @@ pub async fn server_run(
         audio_latency_ms,
         join_ms,
         encodes,
+        flood,
     })
 }
 
