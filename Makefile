@@ -37,3 +37,13 @@ bench: deps
 	bash scripts/install-deps.sh --bench
 	cargo build --release --locked -p mixdown -p mixdown-bench
 	./target/release/mixdown-bench --server target/release/mixdown --cache bench/cache --out BENCHMARKS.md
+
+# Fuzzing (issue 14): each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 120), one at a
+# time at nice 19, with the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
+# --locked`); prints executions, exec/s and whether it crashed (exit 1 if one did). The corpora
+# are replayed by `make test` (src/fuzzing.rs). FUZZ_TARGETS="rtp config" runs some only.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh $(FUZZ_TARGETS)

@@ -18,7 +18,7 @@ pub fn is_keyframe_request(packet: &dyn ::rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-fn is_for_application(packet: &dyn ::rtc::rtcp::Packet) -> bool {
+pub(crate) fn is_for_application(packet: &dyn ::rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
     is_keyframe_request(packet)
         || any.is::<::rtc::rtcp::receiver_report::ReceiverReport>()

@@ -10,17 +10,17 @@
 //! every connection.
 
 mod candidates;
-mod codecs;
-mod driver;
+pub(crate) mod codecs;
+pub(crate) mod driver;
 pub mod estimate;
 pub mod keyframe_interceptor;
 mod retransmit;
 mod router;
 mod session;
-mod stun;
-mod tcp;
+pub(crate) mod stun;
+pub(crate) mod tcp;
 mod udp;
-mod vp8;
+pub(crate) mod vp8;
 
 pub use candidates::{limit_candidates, rewrite_candidates};
 pub use codecs::{AUDIO_LEVEL_URI, opus_params, sample_track, video_codec_params};
