@@ -38,9 +38,34 @@ pub struct FloodStats {
     /// Answers by HTTP status (0: the request failed).
     pub statuses: BTreeMap<u16, u64>,
     pub seconds: f64,
+    /// CPU of the attacker process over the window (cores).
+    pub attacker_cores: f64,
 }
 
 impl FloodStats {
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        })
+        .to_string()
+    }
+
+    pub fn from_json(text: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+        Some(Self {
+            requests: v["requests"].as_u64()?,
+            seconds: v["seconds"].as_f64()?,
+            statuses: v["statuses"]
+                .as_object()?
+                .iter()
+                .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_u64()?)))
+                .collect(),
+            attacker_cores: f64::NAN,
+        })
+    }
+
     pub fn add(&mut self, other: &FloodStats) {
         self.requests += other.requests;
         for (s, n) in &other.statuses {
@@ -108,4 +133,43 @@ pub async fn flooder(
         *stats.statuses.entry(status).or_default() += 1;
     }
     stats
+}
+
+/// Floods `url` with `tasks` flooders for `window` (the attacker process's whole work).
+pub async fn flood_for(url: &str, tasks: usize, window: Duration) -> FloodStats {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| tokio::spawn(flooder(url.to_owned(), i, stopped.clone())))
+        .collect();
+    tokio::time::sleep(window).await;
+    let _ = stop.send(true);
+    let mut total = FloodStats::default();
+    for h in handles {
+        if let Ok(s) = h.await {
+            total.add(&s);
+        }
+    }
+    total.seconds = start.elapsed().as_secs_f64();
+    total
+}
+
+/// Runs the flood in its own process (this binary, `--flood-target`), so that the attacker
+/// does not share the generator's runtime with the probe that measures the room.
+pub fn spawn_attacker(
+    url: &str,
+    tasks: usize,
+    window: Duration,
+) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--flood-target")
+        .arg(url)
+        .arg("--flood-tasks")
+        .arg(tasks.to_string())
+        .arg("--flood-seconds")
+        .arg(window.as_secs_f64().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
 }

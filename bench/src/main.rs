@@ -66,6 +66,13 @@ struct Cli {
     /// Internal: serve as the transport scenario's server process.
     #[arg(long, hide = true)]
     transport_server: Option<Impl>,
+    /// Internal: flood this WHIP URL (the join-flood scenario's attacker process).
+    #[arg(long, hide = true)]
+    flood_target: Option<String>,
+    #[arg(long, hide = true, default_value_t = 8)]
+    flood_tasks: usize,
+    #[arg(long, hide = true, default_value_t = 10.0)]
+    flood_seconds: f64,
     #[arg(long, hide = true, default_value_t = 0)]
     transport_http_port: u16,
     #[arg(long, hide = true, default_value = "23000-23999")]
@@ -98,6 +105,16 @@ fn output_variants() -> Vec<(String, Vec<OutputSpec>)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(url) = cli.flood_target {
+        let stats = mixdown_bench::flood::flood_for(
+            &url,
+            cli.flood_tasks,
+            Duration::from_secs_f64(cli.flood_seconds),
+        )
+        .await;
+        println!("{}", stats.to_json());
+        return Ok(());
+    }
     if let Some(imp) = cli.transport_server {
         return serve(
             imp,

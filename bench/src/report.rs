@@ -439,7 +439,17 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                 FLOOD_ROOM,
             ),
             Row::new(
-                format!("{FLOOD_ROOM} participants, tokens, {} flooders", plan.flood),
+                format!(
+                    "{FLOOD_ROOM} participants, tokens, {} flooders on this server",
+                    plan.flood
+                ),
+                FLOOD_ROOM,
+            ),
+            Row::new(
+                format!(
+                    "control: {} flooders on another server of this machine",
+                    plan.flood
+                ),
                 FLOOD_ROOM,
             ),
         ]
@@ -450,6 +460,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         for (i, row) in flood.iter_mut().enumerate() {
             let extras = Extras {
                 flood: Some(if i == 0 { 0 } else { plan.flood }),
+                flood_elsewhere: i == 2,
                 ..Extras::default()
             };
             match vp8_room(plan, clips, row.participants, next_ports(), extras).await {
@@ -683,14 +694,17 @@ impl Report {
              composite; one decoding WHEP probe), without and with flooding tasks that POST \
              WHIP offers as fast as the server answers, half with no token and half with a \
              token signed by the wrong secret, each on its own keep-alive connection, for the \
-             whole measured window. The two variants run alternately. The flooders run in the \
-             generator's process on the same two cores as the server.\n"
+             whole measured window. The three variants run in turn: no flood, the flood on this \
+             server, and (a control) the same flood on a second Mixdown server on the same \
+             machine, which shows what the attacker's load costs the machine rather than what \
+             refusing costs this server. The flooders run in their own process (the \
+             attacker), on the same two cores as the server and the generator.\n"
         );
         let _ = writeln!(
             md,
-            "| variant | server CPU (cores) | fps | late frames | video latency p50 (ms) | flood: requests/s | answers | generator CPU (cores) |"
+            "| variant | server CPU (cores) | fps | late frames | video latency p50 (ms) | flood: requests/s | answers | attacker CPU (cores) | generator CPU (cores) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for row in &self.flood {
             let v = row.pooled(|r| &r.video_latency_ms);
             let rates: Vec<f64> = row
@@ -715,7 +729,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} % | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} % | {} | {} | {} | {} | {} |",
                 row.name,
                 fmt(row.cpu(), 2),
                 fmt(row.med(|r| r.fps), 1),
@@ -727,6 +741,16 @@ impl Report {
                     fmt(median(&rates), 0)
                 },
                 answers,
+                fmt(
+                    median(
+                        &row.runs
+                            .iter()
+                            .filter_map(|r| r.flood.as_ref().map(|f| f.attacker_cores))
+                            .filter(|c| c.is_finite())
+                            .collect::<Vec<_>>()
+                    ),
+                    2
+                ),
                 fmt(row.med(|r| r.generator_cores), 2),
             );
         }

@@ -260,6 +260,8 @@ pub struct Extras<'a> {
     /// Tokens on (`[auth] keys`), and this many tasks flooding `POST /whip` with no token or
     /// a bad one through the measured window (0: tokens on, no flood).
     pub flood: Option<usize>,
+    /// The flood goes to a second server on the same machine instead (a control).
+    pub flood_elsewhere: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,6 +309,13 @@ pub async fn server_run(
     // Recordings and HLS segments of this run go when it ends, however it ends.
     let _cleanup = RemoveOnDrop(out_dir);
     let mut server = ServerProcess::start(bin, ports, &extra).await?;
+    // The control variant floods a second server on the same machine, not this one: what
+    // the attacker costs the machine rather than what refusing costs the server.
+    let decoy = if extras.flood_elsewhere {
+        Some(ServerProcess::start(bin, (ports.0 + 150, ports.1), &extra).await?)
+    } else {
+        None
+    };
     let room = "bench";
     let token = extras.flood.map(|_| {
         server.admin_token = Some(crate::flood::token(room, true));
@@ -375,20 +384,23 @@ pub async fn server_run(
     if let Some(tile) = server.tile_of(room, &clients[0].location).await {
         *probe.received.watch.lock().unwrap() = Some(patch_in_tile(tile));
     }
-    // Join floods (anonymous and bad-token WHIP POSTs) for the whole window.
-    let flood = extras.flood.filter(|n| *n > 0).map(|n| {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                tokio::spawn(crate::flood::flooder(
-                    format!("{}/whip/{room}", server.base),
-                    i,
-                    stopped.clone(),
-                ))
-            })
-            .collect();
-        (stop, tasks)
-    });
+    // Join floods (anonymous and bad-token WHIP POSTs) for the whole window, from their own
+    // process.
+    let attacker = match extras.flood.filter(|n| *n > 0) {
+        Some(n) => Some(crate::flood::spawn_attacker(
+            &format!(
+                "{}/whip/{room}",
+                decoy.as_ref().map_or(&server.base, |d| &d.base)
+            ),
+            n,
+            timing.window,
+        )?),
+        None => None,
+    };
+    let attacker_cpu = attacker
+        .as_ref()
+        .and_then(|c| c.id())
+        .and_then(CpuWindow::start);
     let pid = server.pid();
     let cpu = CpuWindow::start(pid).ok_or_else(|| anyhow!("cannot read server CPU"))?;
     let own = CpuWindow::start(std::process::id());
@@ -397,17 +409,16 @@ pub async fn server_run(
     let cpu_cores = cpu.cores().unwrap_or(f64::NAN);
     let generator_cores = own.and_then(|o| o.cores()).unwrap_or(f64::NAN);
     let rss = rss_mib(pid).unwrap_or(f64::NAN);
-    let flood = match flood {
-        Some((stop, tasks)) => {
-            let _ = stop.send(true);
-            let mut total = crate::flood::FloodStats::default();
-            for t in tasks {
-                if let Ok(s) = t.await {
-                    total.add(&s);
-                }
-            }
-            total.seconds = window_start.elapsed().as_secs_f64();
-            Some(total)
+    let attacker_cores = attacker_cpu.and_then(|c| c.cores());
+    let flood = match attacker {
+        Some(child) => {
+            let out = child.wait_with_output().await?;
+            crate::flood::FloodStats::from_json(&String::from_utf8_lossy(&out.stdout)).map(
+                |mut f| {
+                    f.attacker_cores = attacker_cores.unwrap_or(f64::NAN);
+                    f
+                },
+            )
         }
         None => None,
     };
@@ -480,6 +491,7 @@ pub async fn server_run(
         v.close().await;
     }
     drop(server);
+    drop(decoy);
     Ok(RunResult {
         cpu_cores,
         generator_cores,

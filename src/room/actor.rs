@@ -105,7 +105,9 @@ pub(crate) fn spawn(id: RoomId, generation: u64, registry: Arc<RegistryInner>) -
         generation,
         tx,
     };
-    tokio::spawn(run(id, generation, registry, rx));
+    // On the media runtime, whichever runtime the join came from (HTTP has its own).
+    let media = registry.media.clone();
+    media.spawn(run(id, generation, registry, rx));
     handle
 }
 

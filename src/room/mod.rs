@@ -324,6 +324,9 @@ pub(crate) struct RegistryInner {
     pub(crate) live_actors: AtomicUsize,
     pub(crate) counters: crate::limits::Counters,
     pub(crate) addresses: Arc<crate::limits::AddressSlots>,
+    /// The runtime rooms (and so their sessions and outputs) run on: the one the registry
+    /// was made on, not the HTTP runtime a join arrives from.
+    pub(crate) media: tokio::runtime::Handle,
 }
 
 impl RegistryInner {
@@ -356,6 +359,7 @@ impl RoomRegistry {
                 live_actors: AtomicUsize::new(0),
                 counters: crate::limits::Counters::default(),
                 addresses: crate::limits::AddressSlots::new(config.limits.sessions_per_address),
+                media: tokio::runtime::Handle::current(),
                 config,
             }),
         }
