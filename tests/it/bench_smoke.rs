@@ -51,6 +51,8 @@ async fn the_benchmark_harness_produces_figures() {
         )],
         // Two small sizes: enough for a marginal cost between them.
         large: vec![2, 3],
+        // The flood spawns this binary as its attacker (`--flood-target`): not from a test binary.
+        flood: 0,
         command: "bench smoke test".into(),
     };
     let report = run_plan(&plan, &clips).await;

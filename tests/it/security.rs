@@ -593,13 +593,13 @@ fn mutants(offer: &str) -> Vec<(String, String)> {
     let rewrite = |what: &str, f: &dyn Fn(&str) -> String| {
         (what.to_owned(), join(lines.iter().map(|l| f(l)).collect()))
     };
-    out.push(rewrite("ssrc garbled", &|l| {
-        if l.starts_with("a=ssrc:") {
-            format!("a=ssrc:x{}", &l[7..])
-        } else {
-            l.to_owned()
-        }
-    }));
+    out.push(rewrite(
+        "ssrc garbled",
+        &|l| match l.strip_prefix("a=ssrc:") {
+            Some(rest) => format!("a=ssrc:x{rest}"),
+            None => l.to_owned(),
+        },
+    ));
     out.push(rewrite("ssrc blown up", &|l| {
         if l.starts_with("a=ssrc:") {
             "a=ssrc:99999999999999999999 cname:x".into()
