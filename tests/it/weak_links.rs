@@ -214,7 +214,14 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
         sleep_s(15.0).await;
         let w = window(&chromium.samples(), t0 + 3.0, t0 + 15.0);
         tracing::info!(kbit, loss, ?w, "lossy link");
-        assert!(w.longest_stall <= 2.0, "{kbit} kbit/s, {loss} loss: {w:?}");
+        // The stall is counted in the page's 500 ms samples, whose timer runs a few ms late
+        // each time: four sampling intervals (what "2 s" means at this resolution) measured
+        // 2.028 s in one run. The margin is that drift, not a longer stall: five intervals
+        // measure 2.5 s and fail.
+        assert!(
+            w.longest_stall <= 2.0 + 0.1,
+            "{kbit} kbit/s, {loss} loss: {w:?}"
+        );
         assert!(w.fps >= 10.0, "{kbit} kbit/s, {loss} loss: {w:?}");
         assert!(
             w.concealed <= 0.10,
