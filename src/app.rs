@@ -83,6 +83,20 @@ impl Server {
                 "no [auth] keys: Mixdown is open, anyone who reaches it can join, watch, record and stream any room"
             );
         }
+        // Recordings past recording.retention_days go, now and every hour.
+        let recording = self.state.rooms.config().recording.clone();
+        let retention = (recording.retention_days > 0).then(|| {
+            tokio::spawn(async move {
+                loop {
+                    let (dir, days) = (recording.dir.clone(), recording.retention_days);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::output::storage::apply_retention(&dir, days)
+                    })
+                    .await;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            })
+        });
         let limits = self.state.rooms.config().limits.clone();
         let registry = self.state.rooms.clone();
         let app = router(self.state);
@@ -196,6 +210,9 @@ impl Server {
         let served = accepting.await;
         // WebSocket tasks still open end with the runtime (their rooms close below).
         http_runtime.shutdown_background();
+        if let Some(r) = retention {
+            r.abort();
+        }
         tracing::info!("shutting down: closing rooms");
         rooms.shutdown().await;
         served.map_err(|e| anyhow::anyhow!("the HTTP server failed: {e}"))?

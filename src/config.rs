@@ -123,7 +123,15 @@ pub struct RecordingConfig {
     pub dir: PathBuf,
     /// Start a recording in this format whenever a room opens.
     pub auto_format: Option<RecordFormat>,
+    /// Most the directory may hold, MB (0: no quota). A recording that would start beyond it
+    /// is refused (507); one running when it is reached is stopped and finalised.
+    pub quota_mb: u64,
+    /// Recordings older than this many days are deleted (at start and hourly); 0 keeps them.
+    pub retention_days: u32,
 }
+
+/// 50 GiB: a day of a few busy rooms, and a bound on what one caller can fill.
+pub const DEFAULT_RECORDING_QUOTA_MB: u64 = 51_200;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +166,8 @@ impl Default for RecordingConfig {
         Self {
             dir: PathBuf::from(DEFAULT_RECORDING_DIR),
             auto_format: None,
+            quota_mb: DEFAULT_RECORDING_QUOTA_MB,
+            retention_days: 0,
         }
     }
 }

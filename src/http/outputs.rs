@@ -35,6 +35,7 @@ impl From<OutputError> for ApiError {
             OutputError::Conflict(m) => ApiError::Conflict(m),
             OutputError::NotFound(m) => ApiError::NotFound(m),
             OutputError::RoomClosed => ApiError::NotFound("the room has closed".into()),
+            OutputError::Quota(m) => ApiError::InsufficientStorage(m),
             // The room actor has logged these already.
             OutputError::Storage { ref source, .. } => {
                 // ENOSPC: the disk is full.

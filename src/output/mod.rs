@@ -14,6 +14,7 @@ pub mod aac;
 pub mod destination;
 pub mod pipeline;
 pub mod spec;
+pub mod storage;
 pub mod task;
 pub mod timeline;
 
@@ -61,6 +62,9 @@ pub enum OutputError {
     Pipeline(String),
     #[error("the room has closed")]
     RoomClosed,
+    /// `recording.quota_mb` reached.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<crate::mixer::MixerError> for OutputError {

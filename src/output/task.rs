@@ -65,7 +65,12 @@ pub struct OutputTask {
     pub control: mpsc::Receiver<Control>,
     /// Told when the task ends, so the room releases this output's inputs.
     pub ended: mpsc::Sender<SessionId>,
+    /// A recording stops when its directory holds this many bytes (`recording.quota_mb`).
+    pub quota: Option<(std::path::PathBuf, u64)>,
 }
+
+/// How often a recording checks its directory against the quota.
+const QUOTA_CHECK: Duration = Duration::from_secs(2);
 
 /// Delay before RTMP connection attempt `attempt` (0-based): 1, 2, 4 … seconds, capped.
 pub fn retry_delay(attempt: u32, max: Duration) -> Duration {
@@ -112,6 +117,7 @@ impl OutputTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_reply = None;
         let mut failed = false;
+        let mut quota_checked = Instant::now();
         loop {
             tokio::select! {
                 c = self.control.recv() => match c {
@@ -169,7 +175,25 @@ impl OutputTask {
                         }
                     }
                 },
-                _ = tick.tick() => self.tick(&mut run),
+                _ = tick.tick() => {
+                    self.tick(&mut run);
+                    if let Some((dir, max)) = &self.quota
+                        && quota_checked.elapsed() >= QUOTA_CHECK
+                    {
+                        quota_checked = Instant::now();
+                        let held = super::storage::usage(dir);
+                        if held >= *max {
+                            let message = format!(
+                                "recording.quota_mb reached ({} MB in {}): stopped and finalised",
+                                held / 1_000_000,
+                                dir.display()
+                            );
+                            tracing::warn!(output = %self.id, "{message}");
+                            run.error = Some(message);
+                            break;
+                        }
+                    }
+                }
             }
         }
         let finalised = match (run.pipe.take(), run.bus.take()) {

@@ -826,3 +826,94 @@ async fn a_picture_over_the_size_limit_is_not_decoded() {
     red.leave().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_quota_and_retention_bound_the_disk() {
+    init_logging();
+    let dir = std::env::temp_dir().join(format!("mixdown-it-quota-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A recording from 40 days ago goes at start (retention 30 days); a note beside it stays.
+    let old = dir.join("last-month.webm");
+    std::fs::write(&old, vec![0u8; 1000]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(40 * 86_400))
+        .unwrap();
+    // Everything in the directory counts: a file of 980 kB leaves the recording 20 kB (a
+    // solid colour compresses well: a few seconds of it).
+    std::fs::write(dir.join("notes.txt"), vec![b'n'; 980_000]).unwrap();
+    let mut config = test_config();
+    config.recording.dir = dir.clone();
+    config.recording.quota_mb = 1;
+    config.recording.retention_days = 30;
+    let server = TestServer::start(config).await;
+    wait_for("the expired recording to go", LIMIT, || async {
+        !old.exists()
+    })
+    .await;
+    assert!(dir.join("notes.txt").exists());
+
+    let room = "quota";
+    let red = Client::join(
+        &server.url(""),
+        room,
+        ClientOptions::participant(RED.0, 500.0),
+    )
+    .await;
+    let (status, _, rec) = call(
+        &server,
+        "POST",
+        &format!("/api/rooms/{room}/recordings"),
+        "application/json",
+        r#"{"format":"webm"}"#.into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    // The recording stops itself once the directory holds the megabyte.
+    let recording = format!("/api/rooms/{room}/recordings/{id}");
+    wait_for(
+        "the quota to stop the recording",
+        Duration::from_secs(60),
+        || async {
+            let (_, _, info) = call(&server, "GET", &recording, "", String::new(), None).await;
+            info["state"] == "finished"
+        },
+    )
+    .await;
+    let (_, _, last) = call(&server, "GET", &recording, "", String::new(), None).await;
+    assert!(
+        last["error"].as_str().unwrap_or_default().contains("quota"),
+        "{last}"
+    );
+    let size = std::fs::metadata(last["path"].as_str().unwrap())
+        .unwrap()
+        .len();
+    assert!((20_000..1_000_000).contains(&size), "{size} bytes");
+    assert!(last["duration_s"].as_f64().unwrap() > 0.5, "{last}");
+    // A new recording is refused while the directory is over its quota; the room goes on.
+    let (status, _, body) = call(
+        &server,
+        "POST",
+        &format!("/api/rooms/{room}/recordings"),
+        "application/json",
+        r#"{"format":"webm"}"#.into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("quota_mb"),
+        "{body}"
+    );
+    let before = red.received.frame_count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(red.received.frame_count() > before);
+    red.leave().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

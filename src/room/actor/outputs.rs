@@ -136,6 +136,15 @@ impl Room {
                 let codec = format.video_codec(&active, &v.send_codecs);
                 let dir = &config.recording.dir;
                 std::fs::create_dir_all(dir).map_err(storage(dir))?;
+                let quota = config.recording.quota_mb * 1_000_000;
+                let held = crate::output::storage::usage(dir);
+                if quota > 0 && held >= quota {
+                    return Err(OutputError::Quota(format!(
+                        "the recordings directory holds {} MB, recording.quota_mb is {}",
+                        held / 1_000_000,
+                        config.recording.quota_mb
+                    )));
+                }
                 let path = dir.join(format!("{name}.{}", format.extension()));
                 // Never overwrite a recording: the name must be new.
                 let file = std::fs::OpenOptions::new()
@@ -301,6 +310,12 @@ impl Room {
             keyframes: self.events_tx.clone(),
             control: control_rx,
             ended: self.ended_tx.clone(),
+            quota: match (&request, config.recording.quota_mb) {
+                (OutputRequest::Recording { .. }, mb) if mb > 0 => {
+                    Some((config.recording.dir.clone(), mb * 1_000_000))
+                }
+                _ => None,
+            },
         };
         let task = tokio::spawn(task.run(first));
         if aac {
