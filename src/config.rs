@@ -84,6 +84,9 @@ pub struct LimitsConfig {
     pub max_viewers: usize,
     /// Largest picture a publisher may send (width x height); a larger one's tile is dropped.
     pub max_video_pixels: u32,
+    /// Datagrams one session may send per second (half a second of burst); the rest are
+    /// dropped before decryption.
+    pub packets_per_second: u32,
     /// HTTP connections open at once; more wait in the kernel's backlog.
     pub http_connections: usize,
     /// Seconds a client has to send its request headers.
@@ -98,6 +101,8 @@ pub const DEFAULT_SESSIONS_PER_ADDRESS: usize = 50;
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
 /// 1920x1080 with room for 1088-line H.264 and portrait phones.
 pub const DEFAULT_MAX_VIDEO_PIXELS: u32 = 1920 * 1088;
+/// Ten times a 2.5 Mbit/s camera's packets with its audio (about 300/s).
+pub const DEFAULT_PACKETS_PER_SECOND: u32 = 3000;
 pub const DEFAULT_HTTP_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_S: u32 = 10;
 pub const DEFAULT_WS_IDLE_TIMEOUT_S: u32 = 60;
@@ -109,6 +114,7 @@ impl Default for LimitsConfig {
             sessions_per_address: DEFAULT_SESSIONS_PER_ADDRESS,
             max_viewers: DEFAULT_MAX_VIEWERS,
             max_video_pixels: DEFAULT_MAX_VIDEO_PIXELS,
+            packets_per_second: DEFAULT_PACKETS_PER_SECOND,
             http_connections: DEFAULT_HTTP_CONNECTIONS,
             http_header_timeout_s: DEFAULT_HTTP_HEADER_TIMEOUT_S,
             ws_idle_timeout_s: DEFAULT_WS_IDLE_TIMEOUT_S,
@@ -625,6 +631,11 @@ impl Config {
             (64 * 64..=8192 * 8192).contains(&l.max_video_pixels),
             "limits.max_video_pixels",
             format!("{} must be within 4096..=67108864", l.max_video_pixels),
+        )?;
+        check(
+            (100..=1_000_000).contains(&l.packets_per_second),
+            "limits.packets_per_second",
+            format!("{} must be within 100..=1000000", l.packets_per_second),
         )?;
         check(
             (1..=100_000).contains(&l.http_connections),

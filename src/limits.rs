@@ -107,6 +107,43 @@ impl Drop for Slot {
     }
 }
 
+/// Datagrams one session may send per second (a token bucket with half a second of burst, so
+/// a keyframe's packets arriving together pass): the rest are dropped before decryption.
+#[derive(Debug, Clone)]
+pub struct PacketBudget {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    /// Datagrams dropped so far.
+    pub dropped: u64,
+}
+
+impl PacketBudget {
+    pub fn new(per_second: u32, now: std::time::Instant) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            rate,
+            tokens: rate / 2.0,
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a datagram arriving at `now` is within the budget.
+    pub fn allow(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate / 2.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
 /// Why a remote ICE candidate is refused: no port, or an address nothing can be sent to.
 pub fn candidate_problem(candidate: &str) -> Option<String> {
     // candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> …
@@ -161,6 +198,25 @@ mod tests {
         let unlimited = AddressSlots::new(0);
         let many: Vec<Slot> = (0..100).filter_map(|_| unlimited.take(a)).collect();
         assert_eq!(many.len(), 100);
+    }
+
+    #[test]
+    fn a_session_gets_its_packet_rate_and_a_half_second_burst() {
+        let t0 = std::time::Instant::now();
+        let mut b = PacketBudget::new(1000, t0);
+        let burst = (0..2000).filter(|_| b.allow(t0)).count();
+        assert_eq!(burst, 500);
+        assert_eq!(b.dropped, 1500);
+        // Then the rate: 100 ms later, 100 more.
+        let t1 = t0 + std::time::Duration::from_millis(100);
+        let more = (0..1000).filter(|_| b.allow(t1)).count();
+        assert_eq!(more, 100);
+        // A steady 900/s never loses one.
+        let mut b = PacketBudget::new(1000, t0);
+        let lost = (0..9000u64)
+            .filter(|i| !b.allow(t0 + std::time::Duration::from_micros(i * 1111)))
+            .count();
+        assert_eq!(lost, 0);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub(super) struct Io {
     pub commands: mpsc::Receiver<Command>,
     pub events: mpsc::Sender<SessionEvent>,
     pub transport: Arc<Transport>,
+    /// `limits.packets_per_second`.
+    pub packets_per_second: u32,
 }
 
 /// One outgoing RTP stream: this receiver's SSRC, sequence numbers and timestamps, over
@@ -300,6 +302,8 @@ pub(super) struct Driver {
     pli_rx: mpsc::Receiver<()>,
     gate: KeyframeGate,
     remote_candidates: usize,
+    /// Datagrams beyond `limits.packets_per_second` are dropped before decryption.
+    budget: crate::limits::PacketBudget,
     connected: bool,
     gone: bool,
     /// Where DTLS and media are accepted from: addresses that passed ICE.
@@ -416,6 +420,7 @@ impl Driver {
             id,
             peer,
             pc,
+            budget: crate::limits::PacketBudget::new(io.packets_per_second, now),
             io,
             _routes: routes,
             video: None,
@@ -596,6 +601,16 @@ impl Driver {
     }
 
     fn read(&mut self, d: Datagram) {
+        if !self.budget.allow(d.at) {
+            if self.budget.dropped == 1 {
+                tracing::warn!(
+                    session = %self.id,
+                    from = %d.from,
+                    "over limits.packets_per_second: datagrams dropped (logged once)"
+                );
+            }
+            return;
+        }
         let msg = TaggedBytesMut {
             now: d.at,
             transport: TransportContext {

@@ -56,6 +56,8 @@ pub enum RtcError {
 
 #[derive(Debug, Clone)]
 pub struct RtcSettings {
+    /// Datagrams one session may send per second (`limits.packets_per_second`).
+    pub packets_per_second: u32,
     pub bind_ip: IpAddr,
     pub public_ip: Option<IpAddr>,
     pub udp_port: u16,
@@ -81,6 +83,7 @@ impl RtcSettings {
             // otherwise push the media out of the buffer while they run.
             nack_packets: session::nack_packets(c.video.bitrate_kbps).saturating_mul(2),
             link_ceiling_bps: crate::room::tiers::link_ceiling_bps(c.video.bitrate_kbps),
+            packets_per_second: c.limits.packets_per_second,
         }
     }
 }

@@ -445,6 +445,7 @@ impl PeerFactory {
                 commands: command_rx,
                 events,
                 transport: std::sync::Arc::clone(&self.transport),
+                packets_per_second: s.packets_per_second,
             },
         );
         if let Some((sender, ssrc, codec, tier, frames)) = video {
