@@ -14,10 +14,10 @@ pub fn announced_size(codec: VideoCodec, payload: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
-/// RFC 7741 payload descriptor, then the keyframe's start code and 14-bit sizes.
-pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
+/// The VP8 frame bytes of an RTP payload that starts partition 0 (after its RFC 7741
+/// descriptor); `None` for any other packet.
+pub fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
     let b0 = *payload.first()?;
-    // Start of partition 0 only.
     if b0 & 0x10 == 0 || b0 & 0x07 != 0 {
         return None;
     }
@@ -26,6 +26,7 @@ pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
         let x = *payload.get(i)?;
         i += 1;
         if x & 0x80 != 0 {
+            // Picture ID: 7 or 15 bits.
             i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
         }
         if x & 0x40 != 0 {
@@ -35,7 +36,12 @@ pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
             i += 1;
         }
     }
-    let frame = payload.get(i..)?;
+    payload.get(i..)
+}
+
+/// A VP8 keyframe's start code and 14-bit sizes.
+pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
+    let frame = vp8_frame_start(payload)?;
     if frame.len() < 10 || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
         return None;
     }

@@ -503,27 +503,8 @@ pub async fn whip_exchange_with(
 /// Whether a VP8 RTP payload starts a keyframe (RFC 7741 descriptor, then the frame
 /// header's P bit); `None` when the packet does not start a frame.
 pub fn vp8_keyframe(payload: &[u8]) -> Option<bool> {
-    let b0 = *payload.first()?;
-    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
-    if !start {
-        return None;
-    }
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let x = *payload.get(i)?;
-        i += 1;
-        if x & 0x80 != 0 {
-            // Picture ID: 7 or 15 bits.
-            i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1;
-        }
-        if x & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    Some(*payload.get(i)? & 0x01 == 0)
+    let frame = mixdown::picture::vp8_frame_start(payload)?;
+    Some(*frame.first()? & 0x01 == 0)
 }
 
 /// `DELETE {base}{location}`: ends a WHIP/WHEP session. Returns the HTTP status (0 when the

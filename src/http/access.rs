@@ -30,13 +30,18 @@ fn token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Option<&'
     }
 }
 
-/// Counts a refusal and turns it into its HTTP error.
-pub(super) fn refused(state: &AppState, d: Denied) -> ApiError {
+/// Counts a refusal in `/healthz` (HTTP and WebSocket alike).
+pub(super) fn count_refusal(state: &AppState, d: &Denied) {
     let c = state.rooms.counters();
-    match &d {
+    match d {
         Denied::Unauthenticated(_) => Counters::bump(&c.unauthorized),
         Denied::Forbidden(_) => Counters::bump(&c.forbidden),
     }
+}
+
+/// Counts a refusal and turns it into its HTTP error.
+pub(super) fn refused(state: &AppState, d: Denied) -> ApiError {
+    count_refusal(state, &d);
     d.into()
 }
 

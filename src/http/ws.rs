@@ -168,11 +168,11 @@ fn room_error(e: RoomError) -> SignalError {
 }
 
 fn denied(state: &AppState, d: Denied) -> SignalError {
+    super::access::count_refusal(state, &d);
     let code = match d {
         Denied::Unauthenticated(_) => ErrorCode::Unauthorized,
         Denied::Forbidden(_) => ErrorCode::Forbidden,
     };
-    let _ = super::access::refused(state, d.clone());
     SignalError::new(code, d.to_string())
 }
 

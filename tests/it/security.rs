@@ -552,6 +552,24 @@ a=rtpmap:111 opus/48000/2\r\n"
         .into()
 }
 
+/// POSTs an SDP offer: the status, the `Location` (if any) and the body.
+async fn post_offer(server: &TestServer, path: &str, sdp: String) -> (u16, Option<String>, String) {
+    let res = reqwest::Client::new()
+        .post(server.url(path))
+        .header("Content-Type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .expect("the server answers");
+    let status = res.status().as_u16();
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, location, res.text().await.unwrap_or_default())
+}
+
 /// A real offer (webrtc-rs, audio and video), captured before it is sent.
 async fn real_offer(base: &str) -> String {
     let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -652,20 +670,7 @@ async fn mutated_offers_get_4xx_and_joins_racing_a_close_are_never_refused() {
     }
     let mut answered = 0;
     for (what, sdp) in &corpus {
-        let res = reqwest::Client::new()
-            .post(server.url("/whip/mutants"))
-            .header("Content-Type", "application/sdp")
-            .body(sdp.clone())
-            .send()
-            .await
-            .expect("the server answers");
-        let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = res.text().await.unwrap_or_default();
+        let (status, location, body) = post_offer(&server, "/whip/mutants", sdp.clone()).await;
         assert!(
             status == 201 || (400..500).contains(&status),
             "{what}: {status} {body}"
@@ -681,25 +686,8 @@ async fn mutated_offers_get_4xx_and_joins_racing_a_close_are_never_refused() {
     // Join then leave, 500 times in a row on one room: each join meets the room closing
     // behind the previous leave, and must open it again rather than fail.
     for i in 0..500 {
-        let res = reqwest::Client::new()
-            .post(server.url("/whip/churn"))
-            .header("Content-Type", "application/sdp")
-            .body(offer.clone())
-            .send()
-            .await
-            .expect("the server answers");
-        let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        assert_eq!(
-            status,
-            201,
-            "join {i}: {}",
-            res.text().await.unwrap_or_default()
-        );
+        let (status, location, body) = post_offer(&server, "/whip/churn", offer.clone()).await;
+        assert_eq!(status, 201, "join {i}: {body}");
         let location = location.expect("a Location");
         assert_eq!(
             mixdown_bench::client::delete_session(&base, &location).await,
