@@ -145,7 +145,6 @@ pub fn config(data: &[u8]) {
     };
     c.validate().expect("a loaded configuration stays valid");
     let ladder = c.video.ladder();
-    let _ = crate::rtc::nack_packets(c.video.bitrate_kbps);
     let _ = link_ceiling_bps(c.video.bitrate_kbps);
     let kbps: Vec<u32> = ladder.iter().map(|t| t.bitrate_kbps).collect();
     for top in 0..=ladder.len() {

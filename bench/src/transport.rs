@@ -106,7 +106,6 @@ pub async fn serve(imp: Impl, http_port: u16, udp: (u16, u16)) -> anyhow::Result
             udp_port: udp.0,
             udp_shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ice_timeout: Duration::from_secs(8),
-            nack_packets: mixdown::rtc::nack_packets(1500),
             link_ceiling_bps: mixdown::room::tiers::link_ceiling_bps(1500),
             packets_per_second: mixdown::config::DEFAULT_PACKETS_PER_SECOND,
         })?),

@@ -113,6 +113,8 @@ struct RtpOut {
     /// The timestamp of presentation time zero, for frames that carry one (video: every
     /// tier's copy of a picture has the same, so switching tiers keeps time continuous).
     origin: u32,
+    /// The timestamp of the last frame sent: each frame sent goes out later than it.
+    last_sent: Option<u32>,
 }
 
 impl RtpOut {
@@ -125,6 +127,7 @@ impl RtpOut {
             seq: rand::random(),
             ts: origin,
             origin,
+            last_sent: None,
         }
     }
 
@@ -160,6 +163,18 @@ impl RtpOut {
     /// timestamp moved on by the frame's duration.
     fn packets(&mut self, frame: &EncodedFrame, out: &mut Vec<::rtc::rtp::Packet>) {
         self.stamp(frame);
+        // At a tier move, the new encode's first keyframe is often a picture the old encode
+        // already sent (same presentation time, so the same timestamp). Chromium drops a
+        // keyframe whose picture ID is older (each encode numbers its own) unless its
+        // timestamp is newer, and then decodes nothing until its own PLI three seconds
+        // later. One tick later is newer, and the frames after it are back on their own
+        // times.
+        if let Some(last) = self.last_sent
+            && (self.ts.wrapping_sub(last) as i32) <= 0
+        {
+            self.ts = last.wrapping_add(1);
+        }
+        self.last_sent = Some(self.ts);
         let payloads = frame.payloads.get_or_init(|| {
             // Cutting must come out the same whoever does it first: VP8 takes its picture ID
             // from the frame's number, the others need no state across frames (a fresh
@@ -1279,5 +1294,34 @@ mod tests {
         a.packets(&frame, &mut pa);
         assert_eq!(pa[0].header.timestamp, ts_a.wrapping_add(2 * 3600));
         assert_eq!(pa[0].header.sequence_number, 2);
+    }
+
+    /// A tier move: the new encode's keyframe is the picture the old encode just sent (or
+    /// one before it). It goes out a tick later, and the next picture on its own time.
+    #[test]
+    fn a_picture_sent_again_from_another_encode_goes_out_later() {
+        let at = |ms: u64| {
+            let mut f = EncodedFrame::new(
+                Bytes::from(vec![1u8; 100]),
+                Duration::from_millis(33),
+                false,
+            );
+            f.pts = Some(Duration::from_millis(ms));
+            f
+        };
+        let mut out = RtpOut::new(video_codec_params(VideoCodec::Vp8), 96, 1);
+        out.origin = u32::MAX - 5000; // wraps
+        let mut ts = Vec::new();
+        for ms in [1000u64, 1033, 1066, 1066, 1033, 1100] {
+            let mut p = Vec::new();
+            out.packets(&at(ms), &mut p);
+            ts.push(p[0].header.timestamp);
+        }
+        let base = out.origin.wrapping_add(90_000);
+        let want: Vec<u32> = [0u32, 2970, 5940, 5941, 5942, 9000]
+            .iter()
+            .map(|d| base.wrapping_add(*d))
+            .collect();
+        assert_eq!(ts, want);
     }
 }

@@ -25,9 +25,7 @@ pub(crate) mod vp8;
 pub use candidates::{limit_candidates, rewrite_candidates};
 pub use codecs::{AUDIO_LEVEL_URI, opus_params, sample_track, video_codec_params};
 pub use router::TransportStats;
-pub use session::{
-    MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind, nack_packets,
-};
+pub use session::{MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind};
 
 use crate::config::Config;
 use std::net::{IpAddr, SocketAddr};
@@ -64,8 +62,6 @@ pub struct RtcSettings {
     /// Sockets per address on the port (`SO_REUSEPORT`), each with its own reader.
     pub udp_shards: usize,
     pub ice_timeout: Duration,
-    /// Packets kept per video stream for retransmission ([`session::nack_packets`]).
-    pub nack_packets: u16,
     /// The most a receiver's link is credited with (bit/s): what its top tier needs with
     /// room to spare. Receivers start there.
     pub link_ceiling_bps: f64,
@@ -79,9 +75,6 @@ impl RtcSettings {
             udp_port: c.rtc.udp_port,
             udp_shards: c.rtc.udp_shards(),
             ice_timeout: Duration::from_secs(c.rtc.ice_timeout_s as u64),
-            // Twice the media's own: probes pad the stream with small packets, which would
-            // otherwise push the media out of the buffer while they run.
-            nack_packets: session::nack_packets(c.video.bitrate_kbps).saturating_mul(2),
             link_ceiling_bps: crate::room::tiers::link_ceiling_bps(c.video.bitrate_kbps),
             packets_per_second: c.limits.packets_per_second,
         }

@@ -6,7 +6,7 @@ use super::codecs::{media_engine, opus_params, video_codec_params};
 use super::driver::{self, Command, Driver, VideoCommand};
 use super::estimate::{Ack, LinkEstimator};
 use super::keyframe_interceptor::KeyframeRequestForwarder;
-use super::retransmit::RetransmitGuard;
+use super::retransmit::Retransmitter;
 use super::{PeerFactory, RtcError, limit_candidates, rewrite_candidates};
 use crate::ids::SessionId;
 use crate::media::{EncodedFrame, LinkReport, SharedRtpSink, VideoCodec};
@@ -42,21 +42,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const SRTP_REPLAY_WINDOW: usize = 256;
 const SRTCP_REPLAY_WINDOW: usize = 128;
 const DTLS_REPLAY_WINDOW: usize = 128;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_retransmission_buffer_follows_the_bitrate() {
-        use super::nack_packets;
-        assert_eq!(nack_packets(1500), 128);
-        assert_eq!(nack_packets(100), 64);
-        assert_eq!(nack_packets(8000), 512);
-        assert_eq!(nack_packets(u32::MAX), 32768);
-        for kbps in [1, 300, 1000, 1234, 4000, 50_000] {
-            assert!(nack_packets(kbps).is_power_of_two());
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackKind {
@@ -187,41 +172,23 @@ impl PeerSession {
     }
 }
 
-/// Retransmissions reach back this far: a NACK answered later than this is too late to help
-/// a live picture, whose receiver asks for a keyframe instead.
-pub const NACK_HISTORY: Duration = Duration::from_millis(500);
-/// Assumed RTP packet size for sizing the retransmission buffer.
-const NACK_PACKET_BYTES: u32 = 1100;
-
-/// The retransmission buffer for one video stream of `bitrate_kbps`: the packets of
-/// [`NACK_HISTORY`], as a power of two (the buffer's requirement), at least 64. At the
-/// default 1500 kbit/s that is 128 packets (~150 KB), where webrtc-rs defaults to 1024.
-pub fn nack_packets(bitrate_kbps: u32) -> u16 {
-    let per_s = (bitrate_kbps as u64 * 1000 / 8).div_ceil(NACK_PACKET_BYTES as u64);
-    let n = (per_s * NACK_HISTORY.as_millis() as u64).div_ceil(1000);
-    n.clamp(64, 32768).next_power_of_two().min(32768) as u16
-}
-
 /// The interceptor chain: webrtc-rs's defaults (NACK both ways, TWCC feedback for what we
-/// receive, RTCP reports, simulcast header extensions) with a retransmission buffer of
-/// `nack_packets`, and the PLI/FIR forwarder.
+/// receive, RTCP reports, simulcast header extensions), our own NACK responder
+/// ([`Retransmitter`]), and the PLI/FIR forwarder.
 fn interceptors(
     engine: &mut MediaEngine,
-    nack_packets: u16,
     estimator: SharedEstimator,
 ) -> Result<Registry, RtcError> {
     use ::rtc::interceptor::{
-        CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,
-        TwccSenderBuilder,
+        CongestionControlBuilder, NackGeneratorBuilder, Slot, TwccSenderBuilder,
     };
     use ::rtc::peer_connection::configuration::interceptor_registry as ir;
     let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
-    // NACK and PLI feedback are in the video codecs' own parameters.
+    // NACK and PLI feedback are in the video codecs' own parameters. Our own responder
+    // (see `retransmit`) in place of webrtc-rs': outward of the transport-wide numbering
+    // (2 000), so each resend is numbered and counted like any packet.
     let registry = Registry::new()
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(nack_packets).build(),
-        )
+        .with(Slot::NackResponder, Retransmitter::new(estimator.clone()))
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     ir::configure_simulcast_extension_headers(engine).map_err(neg)?;
     let registry = ir::configure_twcc_receiver_only(registry, engine).map_err(neg)?;
@@ -233,9 +200,6 @@ fn interceptors(
             Slot::CongestionControl,
             CongestionControlBuilder::new(estimator.clone()).build(),
         )
-        // Between the NACK responder (4 000) and the transport-wide numbering (2 000), so
-        // a resend it holds back is never numbered or counted.
-        .with(Slot::from(3_500), RetransmitGuard::new(estimator))
         .with(Slot::TwccSender, TwccSenderBuilder::new().build());
     Ok(ir::configure_rtcp_reports(registry)
         .with(Slot::from(14_000), KeyframeRequestForwarder::default()))
@@ -363,7 +327,7 @@ impl PeerFactory {
 
         let mut engine = media_engine()?;
         let estimator = SharedEstimator::new(s.link_ceiling_bps);
-        let registry = interceptors(&mut engine, s.nack_packets, estimator.clone())?;
+        let registry = interceptors(&mut engine, estimator.clone())?;
         // The server's own ICE credentials: its ufrag is how the socket reader finds this
         // session for every STUN request.
         let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);

@@ -53,6 +53,31 @@ fn window(samples: &[serde_json::Value], from: f64, to: f64) -> Window {
         .unwrap_or_else(|| panic!("too few samples in {from}..{to}"))
 }
 
+/// The page's samples in `[from, to]`, one line each, for a failure message: what the
+/// receiver decoded, lost and asked for around a stall.
+fn timeline(samples: &[serde_json::Value], from: f64, to: f64) -> String {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    samples
+        .iter()
+        .filter(|v| v["t"].as_f64().is_some_and(|t| t >= from && t <= to))
+        .map(|v| {
+            format!(
+                "\n  t={:.2} decoded={} dropped={} key={} h={} pkts={} lost={} nack={} pli={} kB={:.0}",
+                f(v, "t"),
+                f(v, "framesDecoded"),
+                f(v, "framesDropped"),
+                f(v, "keyFrames"),
+                f(v, "height"),
+                f(v, "videoPackets"),
+                f(v, "videoLost"),
+                f(v, "nack"),
+                f(v, "pli"),
+                f(v, "videoBytes") / 1000.0
+            )
+        })
+        .collect()
+}
+
 async fn sleep_s(s: f64) {
     tokio::time::sleep(Duration::from_secs_f64(s)).await;
 }
@@ -212,7 +237,9 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
         ns.shape(kbit, loss).expect("tbf and loss");
         let t0 = chromium.now();
         sleep_s(15.0).await;
-        let w = window(&chromium.samples(), t0 + 3.0, t0 + 15.0);
+        let samples = chromium.samples();
+        let w = window(&samples, t0 + 3.0, t0 + 15.0);
+        let line = timeline(&samples, t0, t0 + 15.0);
         tracing::info!(kbit, loss, ?w, "lossy link");
         // The stall is counted in the page's 500 ms samples, whose timer runs a few ms late
         // each time: four sampling intervals (what "2 s" means at this resolution) measured
@@ -220,7 +247,7 @@ async fn lossy_links_keep_the_picture_and_the_audio() {
         // measure 2.5 s and fail.
         assert!(
             w.longest_stall <= 2.0 + 0.1,
-            "{kbit} kbit/s, {loss} loss: {w:?}"
+            "{kbit} kbit/s, {loss} loss: {w:?}{line}"
         );
         assert!(w.fps >= 10.0, "{kbit} kbit/s, {loss} loss: {w:?}");
         assert!(
