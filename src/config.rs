@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_TILES: usize = 16;
 /// Voices in the audio mix at most (the rest are not decoded).
 pub const DEFAULT_MAX_SPEAKERS: usize = 3;
 pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
+/// How long handed-out TURN credentials stay valid (coturn REST API).
+pub const DEFAULT_TURN_TTL_S: u32 = 3600;
 /// Relative paths are resolved against the working directory (the repository for `make run`).
 pub const DEFAULT_RECORDING_DIR: &str = "recordings";
 pub const DEFAULT_HLS_DIR: &str = "hls";
@@ -227,6 +229,31 @@ pub struct RtcConfig {
     /// Given to clients in WHIP/WHEP `Link` headers (the server itself gathers only host
     /// candidates: it is meant to have a reachable or `public_ip` address).
     pub ice_servers: Vec<IceServer>,
+    /// A TURN server sharing a secret with Mixdown (coturn's `use-auth-secret`): each
+    /// caller gets its own short-lived credentials for it.
+    pub turn: TurnConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs of the TURN server; none: no TURN entry is handed out.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret` (or `MIXDOWN_TURN_SECRET` in the environment). It never
+    /// leaves the server: callers get an HMAC of their username under it.
+    pub secret: String,
+    /// How long handed-out credentials stay valid.
+    pub ttl_s: u32,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secret: String::new(),
+            ttl_s: DEFAULT_TURN_TTL_S,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -346,6 +373,7 @@ impl Default for RtcConfig {
             public_ip: None,
             ice_timeout_s: DEFAULT_ICE_TIMEOUT_S,
             ice_servers: Vec::new(),
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -421,8 +449,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds the key in `MIXDOWN_API_KEY` / `MIXDOWN_API_SECRET`, when both are set.
+    /// Adds the key in `MIXDOWN_API_KEY` / `MIXDOWN_API_SECRET`, when both are set, and the
+    /// TURN secret in `MIXDOWN_TURN_SECRET`, when set (secrets stay out of config files).
     pub fn add_env_key(&mut self) -> Result<(), ConfigError> {
+        if let Ok(s) = std::env::var("MIXDOWN_TURN_SECRET")
+            && !s.is_empty()
+        {
+            self.rtc.turn.secret = s;
+        }
         let key = std::env::var("MIXDOWN_API_KEY").ok();
         let secret = std::env::var("MIXDOWN_API_SECRET").ok();
         match (key, secret) {
@@ -436,6 +470,16 @@ impl Config {
                 reason: "set both MIXDOWN_API_KEY and MIXDOWN_API_SECRET, or neither".into(),
             }),
         }
+    }
+
+    /// With TURN URLs, a secret must have been given (in the file or the environment).
+    pub fn check_turn_secret(&self) -> Result<(), ConfigError> {
+        check(
+            self.rtc.turn.urls.is_empty() || !self.rtc.turn.secret.is_empty(),
+            "rtc.turn.secret",
+            "rtc.turn.urls are set but no secret: set rtc.turn.secret or MIXDOWN_TURN_SECRET \
+             (coturn's static-auth-secret)",
+        )
     }
 
     /// Refuses to run open (no keys) on a non-loopback HTTP address unless `auth.open` says so.
@@ -582,6 +626,27 @@ impl Config {
                 )?;
             }
         }
+        let t = &r.turn;
+        for u in &t.urls {
+            check(
+                ["turn:", "turns:"].iter().any(|p| u.starts_with(p))
+                    && !u.contains(['\r', '\n', '>', '"']),
+                "rtc.turn.urls",
+                format!("{u:?} must be a turn: or turns: URL"),
+            )?;
+        }
+        // Empty is allowed here: the secret may come from the environment
+        // (`check_turn_secret` runs once it has been read).
+        check(
+            t.secret.is_empty() || t.secret.len() >= 16,
+            "rtc.turn.secret",
+            "must be at least 16 bytes",
+        )?;
+        check(
+            (60..=7 * 86_400).contains(&t.ttl_s),
+            "rtc.turn.ttl_s",
+            format!("{} must be within 60..=604800", t.ttl_s),
+        )?;
         check(
             (1..=MAX_PARTICIPANTS).contains(&self.room.max_participants),
             "room.max_participants",
@@ -713,7 +778,7 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|r| r.contains(" = ") || r.starts_with("[["))
+                    .filter(|r| r.contains(" = ") || r.starts_with('['))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
@@ -721,6 +786,23 @@ mod tests {
         let all = Config::from_toml(&uncommented, "uncommented example").unwrap();
         assert_eq!(all.rtc.ice_servers.len(), 1);
         assert!(all.rtc.public_ip.is_some());
+        assert_eq!(all.rtc.turn.urls.len(), 2);
+        all.check_turn_secret()
+            .expect("the example's TURN has a secret");
+    }
+
+    #[test]
+    fn turn_needs_turn_urls_and_a_secret() {
+        let e = Config::from_toml("[rtc.turn]\nurls = [\"stun:x\"]\n", "x").unwrap_err();
+        assert!(e.to_string().contains("rtc.turn.urls"), "{e}");
+        let e = Config::from_toml("[rtc.turn]\nsecret = \"short\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("rtc.turn.secret"), "{e}");
+        let e = Config::from_toml("[rtc.turn]\nttl_s = 5\n", "x").unwrap_err();
+        assert!(e.to_string().contains("rtc.turn.ttl_s"), "{e}");
+        // URLs without a secret load (it may come from the environment) but cannot run.
+        let c = Config::from_toml("[rtc.turn]\nurls = [\"turn:t:3478\"]\n", "x").unwrap();
+        let e = c.check_turn_secret().unwrap_err();
+        assert!(e.to_string().contains("MIXDOWN_TURN_SECRET"), "{e}");
     }
 
     #[test]

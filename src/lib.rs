@@ -26,3 +26,4 @@ pub mod rtc;
 pub mod sdp;
 pub mod signal;
 pub mod tls;
+pub mod turn;

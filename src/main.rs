@@ -121,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
     }
     config.add_env_key()?;
     config.validate()?;
+    config.check_turn_secret()?;
     if let Some(Command::Token {
         room,
         identity,

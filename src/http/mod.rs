@@ -268,7 +268,15 @@ async fn join(
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
-    for server in &state.rooms.config().rtc.ice_servers {
+    // TURN credentials name the token's identity, or the session for a tokenless caller.
+    let identity = if grants.identity.is_empty() {
+        public.as_str()
+    } else {
+        grants.identity.as_str()
+    };
+    let servers =
+        crate::turn::ice_servers(&state.rooms.config().rtc, identity, crate::turn::unix_now());
+    for server in &servers {
         for url in &server.urls {
             let mut link = format!("<{url}>; rel=\"ice-server\"");
             if !server.username.is_empty() {

@@ -12,8 +12,8 @@ use crate::room::{JoinOptions, Role, RoomError};
 use crate::rtc::RtcError;
 use crate::sdp::{OfferError, parse_offer, take_candidates};
 use crate::signal::{
-    ClientMessage, ErrorCode, IceServerInfo, JOIN_TIMEOUT, MAX_MESSAGE_BYTES, MAX_NAME_CHARS,
-    RateLimiter, ServerMessage, SignalError, parse,
+    ClientMessage, ErrorCode, JOIN_TIMEOUT, MAX_MESSAGE_BYTES, MAX_NAME_CHARS, RateLimiter,
+    ServerMessage, SignalError, parse,
 };
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -245,19 +245,16 @@ impl Connection {
                     .map_or(name, |n| n.chars().take(MAX_NAME_CHARS).collect());
                 let id = SessionId::random();
                 let participants = self.state.rooms.members(&room).await;
-                let ice_servers = self
-                    .state
-                    .rooms
-                    .config()
-                    .rtc
-                    .ice_servers
-                    .iter()
-                    .map(|s| IceServerInfo {
-                        urls: s.urls.clone(),
-                        username: s.username.clone(),
-                        credential: s.credential.clone(),
-                    })
-                    .collect();
+                let identity = if grants.identity.is_empty() {
+                    id.to_string()
+                } else {
+                    grants.identity.clone()
+                };
+                let ice_servers = crate::turn::ice_servers(
+                    &self.state.rooms.config().rtc,
+                    &identity,
+                    crate::turn::unix_now(),
+                );
                 self.send(ServerMessage::Welcome {
                     id: id.to_string(),
                     room: room.to_string(),

@@ -571,7 +571,7 @@ async fn post_offer(server: &TestServer, path: &str, sdp: String) -> (u16, Optio
 }
 
 /// A real offer (webrtc-rs, audio and video), captured before it is sent.
-async fn real_offer(base: &str) -> String {
+pub(crate) async fn real_offer(base: &str) -> String {
     let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let keep = std::sync::Arc::clone(&captured);
     let _ = Client::connect(
