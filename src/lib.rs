@@ -18,6 +18,7 @@ pub mod ids;
 pub mod limits;
 pub mod media;
 pub mod memory;
+pub mod metrics;
 pub mod mixer;
 pub mod output;
 pub mod picture;

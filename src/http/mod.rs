@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(guarded(Need::List));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/whip/{room}", post(whip))
         .route("/whip/{room}/{session}", axum::routing::delete(end_session))
         .route("/whep/{room}", post(whep))
@@ -126,6 +127,45 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         // How often each limit refused something since start.
         "refused": state.rooms.counters().snapshot(),
     }))
+}
+
+/// `GET /metrics`: Prometheus' text format. Like `/healthz` it needs no token: it holds
+/// aggregate numbers only, no room names, ids or addresses.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut scrape = crate::metrics::Scrape::default();
+    for name in state.rooms.room_names() {
+        let Ok(id) = RoomId::parse(&name) else {
+            continue;
+        };
+        // A room closing as it is asked is simply not counted.
+        if let Some(room) = state.rooms.get(&id)
+            && let Ok(info) = room.info().await
+        {
+            scrape.rooms.push(info);
+        }
+    }
+    scrape.outputs = state.rooms.outputs().all();
+    if let serde_json::Value::Object(refused) = state.rooms.counters().snapshot() {
+        scrape.refused = refused
+            .into_iter()
+            .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+            .collect();
+    }
+    let dir = state.rooms.config().recording.dir.clone();
+    scrape.recording_bytes =
+        tokio::task::spawn_blocking(move || crate::output::storage::usage(&dir))
+            .await
+            .unwrap_or(0);
+    scrape.process = crate::metrics::ProcessStats::read();
+    let body = crate::metrics::render(&scrape, &crate::metrics::METRICS);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /api/rooms` (`roomList`): open rooms' names.
@@ -202,6 +242,7 @@ async fn join(
     body: Body,
     role: Role,
 ) -> Result<Response, ApiError> {
+    let arrived = std::time::Instant::now();
     let room = room_id(&room)?;
     // The token before the body: a refused client costs no offer parsing.
     let grants = access::grants(&state, &headers)?;
@@ -250,6 +291,9 @@ async fn join(
         .rooms
         .join(&room, role, offer, summary, options, create)
         .await?;
+    crate::metrics::METRICS
+        .join_seconds
+        .observe(arrived.elapsed().as_secs_f64());
     let prefix = match role {
         Role::Whip => "whip",
         Role::Whep => "whep",

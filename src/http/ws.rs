@@ -272,6 +272,7 @@ impl Connection {
                 Ok(())
             }
             ClientMessage::Offer { sdp } => {
+                let arrived = std::time::Instant::now();
                 let j = self.joined()?;
                 let summary = parse_offer(&sdp).map_err(offer_error)?;
                 let room = j.room.as_str();
@@ -307,6 +308,9 @@ impl Connection {
                     if let Some(j) = self.joined.as_mut() {
                         j.in_room = true;
                     }
+                    crate::metrics::METRICS
+                        .join_seconds
+                        .observe(arrived.elapsed().as_secs_f64());
                     a.sdp
                 };
                 // Trickle: the answer goes first, then its candidates one by one.

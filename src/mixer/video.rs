@@ -654,6 +654,12 @@ impl VideoMixer {
                         .and_then(|b| encoded_frame(b, frame_duration))
                     {
                         let lateness = lateness(sink, &sample).unwrap_or_default();
+                        let m = &crate::metrics::METRICS;
+                        crate::metrics::add(&m.composite_frames, 1);
+                        if lateness > frame_duration {
+                            crate::metrics::add(&m.composite_late_frames, 1);
+                        }
+                        m.encode_delay_seconds.observe(lateness.as_secs_f64());
                         // Full only if the pacer stopped: the frame is then not needed.
                         let _ = paced.try_send((frame, lateness, Instant::now()));
                     }

@@ -235,6 +235,15 @@ impl OutputTable {
         v
     }
 
+    /// Every output of every room (for metrics).
+    pub fn all(&self) -> Vec<OutputInfo> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
     pub fn get(&self, room: &RoomId, kind: OutputKind, id: &str) -> Option<OutputInfo> {
         let id = SessionId::parse(id)?;
         let t = self.lock();

@@ -139,13 +139,17 @@ impl OutputTask {
                     Ok(frame) => self.push(&mut run, Stream::Video, &frame),
                     Err(RecvError::Lagged(n)) => {
                         run.dropped += n;
+                        crate::metrics::add(&crate::metrics::METRICS.output_dropped_frames, n);
                         run.timeline.video_lost();
                     }
                     Err(RecvError::Closed) => break,
                 },
                 a = self.audio.recv() => match a {
                     Ok(frame) => self.push(&mut run, Stream::Audio, &frame),
-                    Err(RecvError::Lagged(n)) => run.dropped += n,
+                    Err(RecvError::Lagged(n)) => {
+                        run.dropped += n;
+                        crate::metrics::add(&crate::metrics::METRICS.output_dropped_frames, n);
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 ev = next_event(&mut run.bus) => {
@@ -270,6 +274,7 @@ impl OutputTask {
             run.pushed_bytes += frame.data.len() as u64;
         } else {
             run.dropped += 1;
+            crate::metrics::add(&crate::metrics::METRICS.output_dropped_frames, 1);
             if stream == Stream::Video {
                 run.timeline.video_lost();
             }

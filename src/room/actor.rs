@@ -482,6 +482,7 @@ impl Room {
             receives_audio,
             "joined"
         );
+        crate::metrics::add(&crate::metrics::METRICS.joins, 1);
         self.participants.insert(
             id,
             Participant {
@@ -856,6 +857,7 @@ impl Room {
             .entry(key)
             .or_insert_with(|| KeyframeGate::new(KEYFRAME_INTERVAL));
         if gate.handle_request(Instant::now()) {
+            crate::metrics::add(&crate::metrics::METRICS.keyframes_forced, 1);
             self.video.force_keyframe(key);
         }
     }
@@ -864,6 +866,7 @@ impl Room {
         let now = Instant::now();
         for (key, gate) in self.gates.iter_mut() {
             if gate.poll_force(now) {
+                crate::metrics::add(&crate::metrics::METRICS.keyframes_forced, 1);
                 self.video.force_keyframe(*key);
             }
         }

@@ -658,6 +658,7 @@ impl Driver {
                     if let Some(v) = &self.video
                         && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
                     {
+                        crate::metrics::add(&crate::metrics::METRICS.keyframe_requests, 1);
                         let _ = self.io.events.try_send(SessionEvent::KeyframeRequest {
                             codec: v.codec,
                             tier: v.tier,
@@ -787,6 +788,9 @@ impl Driver {
                     {
                         self.gone = true;
                         self.connected = false;
+                        if state == RTCPeerConnectionState::Failed {
+                            crate::metrics::add(&crate::metrics::METRICS.ice_failures, 1);
+                        }
                         SessionEvent::Gone {
                             session: self.id,
                             peer: self.peer,

@@ -289,6 +289,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmitter {
                     .resender
                     .nack(msg.now, nack.media_ssrc, &seqs, estimate);
                 let asked = seqs.len();
+                let m = &crate::metrics::METRICS;
+                crate::metrics::add(&m.nacked_packets, asked as u64);
+                crate::metrics::add(&m.retransmitted_packets, answer.resend.len() as u64);
                 for packet in answer.resend.iter().cloned() {
                     self.write.push_back(TaggedPacket {
                         now: msg.now,

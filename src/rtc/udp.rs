@@ -154,6 +154,9 @@ async fn read_loop(socket: Arc<MediaSocket>, router: Arc<Router>) {
             }
         };
         let at = Instant::now();
+        let bytes: usize = got_len[..n].iter().map(|(len, _)| *len).sum();
+        crate::metrics::add(&crate::metrics::METRICS.udp_datagrams_received, n as u64);
+        crate::metrics::add(&crate::metrics::METRICS.udp_bytes_received, bytes as u64);
         for i in 0..n {
             let (len, flags) = got_len[i];
             if flags & libc::MSG_TRUNC != 0 || len == 0 {
@@ -234,7 +237,13 @@ pub async fn send_batch(socket: &MediaSocket, packets: &[(SocketAddr, &[u8])]) {
             .async_io(Interest::WRITABLE, || sendmmsg(&socket.socket, chunk))
             .await;
         match result {
-            Ok(sent) => done += sent.max(1).min(chunk.len()),
+            Ok(sent) => {
+                let sent = sent.min(chunk.len());
+                let bytes: usize = chunk[..sent].iter().map(|(_, b)| b.len()).sum();
+                crate::metrics::add(&crate::metrics::METRICS.udp_datagrams_sent, sent as u64);
+                crate::metrics::add(&crate::metrics::METRICS.udp_bytes_sent, bytes as u64);
+                done += sent.max(1);
+            }
             Err(e) => {
                 tracing::debug!(to = %chunk[0].0, "media send: {e}");
                 done += 1;

@@ -119,3 +119,173 @@ async fn turn_credentials_verify_against_the_secret_and_expire() {
     assert_eq!(res.headers().get_all("link").iter().count(), 0);
     server.stop().await;
 }
+
+/// A sample: name, sorted labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The scrape, parsed by a Prometheus text-format parser (`prometheus-parse`): each sample's
+/// name and labels with its value.
+async fn scrape(server: &TestServer) -> Vec<Sample> {
+    let res = reqwest::get(server.url("/metrics")).await.expect("scrape");
+    assert_eq!(res.status().as_u16(), 200);
+    let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let text = res.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
+    assert!(parsed.samples.len() > 30, "{text}");
+    parsed
+        .samples
+        .into_iter()
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            };
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            (s.metric, labels, value)
+        })
+        .collect()
+}
+
+/// One sample's value (0 when absent), by name and `key=value` labels.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map_or(0.0, |s| s.2)
+}
+
+/// `/metrics` after a two-person room with a recording: the gauges say what runs (a room,
+/// two publishers, two decoders, the canvas encoder, a recording), the counters moved by what
+/// happened (two joins, datagrams both ways, about 30 composite frames a second, a join's
+/// duration observed twice), and when everyone has left the gauges fall back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_say_what_a_room_with_a_recording_does() {
+    use crate::common::client::{Client, ClientOptions};
+    use crate::common::wait_for;
+    use std::time::{Duration, Instant};
+    init_logging();
+    let dir = std::env::temp_dir().join(format!("mixdown-it-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = test_config();
+    c.recording.dir = dir.join("recordings");
+    let server = TestServer::start(c).await;
+    let before = scrape(&server).await;
+    let counter = |s: &[Sample], name: &str| value(s, name, &[]);
+    assert_eq!(counter(&before, "mixdown_rooms"), 0.0);
+
+    let base = server.url("");
+    let a = Client::join(
+        &base,
+        "metered",
+        ClientOptions::participant(0xffff0000, 500.0),
+    )
+    .await;
+    let b = Client::join(
+        &base,
+        "metered",
+        ClientOptions::participant(0xff0000ff, 700.0),
+    )
+    .await;
+    wait_for(
+        "both decode the composite",
+        Duration::from_secs(30),
+        || async { a.received.frame_count() > 10 && b.received.frame_count() > 10 },
+    )
+    .await;
+    let res = reqwest::Client::new()
+        .post(server.url("/api/rooms/metered/recordings"))
+        .json(&json!({ "format": "webm" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let t0 = Instant::now();
+    let mid0 = scrape(&server).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mid = scrape(&server).await;
+    let secs = t0.elapsed().as_secs_f64();
+
+    assert_eq!(counter(&mid, "mixdown_rooms"), 1.0);
+    assert_eq!(
+        value(&mid, "mixdown_participants", &[("role", "publisher")]),
+        2.0
+    );
+    assert_eq!(
+        value(&mid, "mixdown_participants", &[("role", "viewer")]),
+        0.0
+    );
+    assert_eq!(counter(&mid, "mixdown_video_decoders"), 2.0);
+    assert_eq!(
+        value(
+            &mid,
+            "mixdown_video_encoders",
+            &[("codec", "VP8"), ("tier", "0")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&mid, "mixdown_video_receivers", &[("tier", "0")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &mid,
+            "mixdown_outputs",
+            &[("format", "webm"), ("state", "recording")]
+        ),
+        1.0
+    );
+    assert!(
+        counter(&mid, "mixdown_recording_bytes") > 10_000.0,
+        "{mid:?}"
+    );
+    let delta = |name: &str| counter(&mid, name) - counter(&before, name);
+    assert_eq!(delta("mixdown_joins_total"), 2.0);
+    assert_eq!(delta("mixdown_join_duration_seconds_count"), 2.0);
+    assert!(delta("mixdown_udp_datagrams_received_total") > 500.0);
+    assert!(delta("mixdown_udp_datagrams_sent_total") > 500.0);
+    assert!(delta("mixdown_udp_sent_bytes_total") > 100_000.0);
+    // The canvas encoder at 30 fps over the 4 s between the middle scrapes.
+    let frames = counter(&mid, "mixdown_composite_frames_total")
+        - counter(&mid0, "mixdown_composite_frames_total");
+    assert!(
+        frames / secs > 20.0 && frames / secs < 40.0,
+        "{frames} composite frames in {secs:.1} s"
+    );
+    assert!(counter(&mid, "mixdown_keyframes_forced_total") >= 1.0);
+    assert!(counter(&mid, "process_resident_memory_bytes") > 20e6);
+    assert!(counter(&mid, "process_cpu_seconds_total") > 0.0);
+
+    a.leave().await;
+    b.leave().await;
+    wait_for("the room to close", Duration::from_secs(15), || async {
+        let s = scrape(&server).await;
+        counter(&s, "mixdown_rooms") == 0.0
+    })
+    .await;
+    let after = scrape(&server).await;
+    assert_eq!(
+        value(&after, "mixdown_participants", &[("role", "publisher")]),
+        0.0
+    );
+    assert_eq!(counter(&after, "mixdown_video_decoders"), 0.0);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
