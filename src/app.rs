@@ -99,6 +99,16 @@ impl Server {
         });
         let limits = self.state.rooms.config().limits.clone();
         let registry = self.state.rooms.clone();
+        // A shutdown drains first: joins refused, calls told, up to `server.drain_s` for
+        // them to end by themselves; then the accept loop stops and every room closes.
+        let shutdown = {
+            let registry = registry.clone();
+            let drain = Duration::from_secs(registry.config().server.drain_s.into());
+            async move {
+                shutdown.await;
+                drain_rooms(&registry, drain).await;
+            }
+        };
         let app = router(self.state);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // The connection cap: an accept waits for a free permit (the kernel's backlog holds
@@ -216,6 +226,21 @@ impl Server {
         tracing::info!("shutting down: closing rooms");
         rooms.shutdown().await;
         served.map_err(|e| anyhow::anyhow!("the HTTP server failed: {e}"))?
+    }
+}
+
+/// Refuses joins from now on and waits up to `limit` for the rooms to empty.
+async fn drain_rooms(rooms: &RoomRegistry, limit: Duration) {
+    rooms.begin_drain();
+    let open = rooms.room_count();
+    tracing::info!(
+        rooms = open,
+        drain_s = limit.as_secs(),
+        "shutting down: draining (joins refused, calls told)"
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    while rooms.room_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

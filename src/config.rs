@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_TILES: usize = 16;
 /// Voices in the audio mix at most (the rest are not decoded).
 pub const DEFAULT_MAX_SPEAKERS: usize = 3;
 pub const DEFAULT_ICE_TIMEOUT_S: u32 = 8;
+/// Seconds a graceful shutdown lets calls go on (under Docker's 10 s stop timeout, with time
+/// left to finalise recordings).
+pub const DEFAULT_DRAIN_S: u32 = 5;
 /// How long handed-out TURN credentials stay valid (coturn REST API).
 pub const DEFAULT_TURN_TTL_S: u32 = 3600;
 /// Relative paths are resolved against the working directory (the repository for `make run`).
@@ -212,6 +215,10 @@ pub struct ServerConfig {
     /// HTTPS with a certificate made at start for `localhost` and the bound address (a LAN
     /// demo: browsers give cameras only to secure origins). Its fingerprint is logged.
     pub self_signed: bool,
+    /// On SIGTERM or SIGINT: seconds during which joins are refused (503, `/readyz` 503) and
+    /// the calls in progress go on, told the server is shutting down, before every room
+    /// closes (recordings finalised) and the process exits. 0 closes at once.
+    pub drain_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -351,6 +358,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             self_signed: false,
+            drain_s: DEFAULT_DRAIN_S,
         }
     }
 }
@@ -626,6 +634,11 @@ impl Config {
                 )?;
             }
         }
+        check(
+            self.server.drain_s <= 3600,
+            "server.drain_s",
+            format!("{} must be at most 3600", self.server.drain_s),
+        )?;
         let t = &r.turn;
         for u in &t.urls {
             check(

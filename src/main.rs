@@ -5,6 +5,12 @@ use mixdown::config::Config;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Mixdown: a WebRTC MCU. Every participant of a room is mixed into one composite video and
 /// one audio mix (each hears everyone but themselves), sent back as a single stream.
 /// Join with WHIP at POST /whip/{room}; watch with WHEP at POST /whep/{room}.
@@ -14,6 +20,10 @@ struct Cli {
     /// TOML configuration file (see mixdown.example.toml); defaults apply without one.
     #[arg(short, long, env = "MIXDOWN_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text for people, or as JSON (one object a line, the same fields) for a
+    /// log collector.
+    #[arg(long, value_enum, default_value = "text", env = "MIXDOWN_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Address for HTTP and media; overrides server.host (default 127.0.0.1, local only).
     #[arg(long)]
     host: Option<IpAddr>,
@@ -87,19 +97,27 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // Two webrtc-rs internals warn on every join about nothing an operator can
-                // act on (DTLS's unset server name, an ICE check round before the client's
-                // trickled candidates): only their errors are shown. RUST_LOG overrides.
-                .unwrap_or_else(|_| {
-                    "info,webrtc=warn,rtc=warn,rtc_dtls::config=error,rtc_ice::agent=error".into()
-                }),
-        )
-        // Logs go to stderr (as the README says), leaving stdout to what a command prints.
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // Two webrtc-rs internals warn on every join about nothing an operator can act on
+        // (DTLS's unset server name, an ICE check round before the client's trickled
+        // candidates): only their errors are shown. RUST_LOG overrides.
+        .unwrap_or_else(|_| {
+            "info,webrtc=warn,rtc=warn,rtc_dtls::config=error,rtc_ice::agent=error".into()
+        });
+    // Logs go to stderr (as the README says), leaving stdout to what a command prints.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level of each object, beside `timestamp`, `level`, `target` and
+        // `message` (what collectors index without a nested path).
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

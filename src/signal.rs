@@ -39,6 +39,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The client's address holds as many sessions as it may.
     TooMany,
+    /// The server is shutting down (a restart): join again after `Retry-After`.
+    ShuttingDown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +272,11 @@ pub struct IceServerInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ServerMessage {
+    /// The server is shutting down: the call goes on for its drain time, then the room
+    /// closes; join again after `retry_after_s`.
+    ShuttingDown {
+        retry_after_s: u32,
+    },
     Welcome {
         id: String,
         room: String,

@@ -434,6 +434,11 @@ function onMessage(msg) {
     case 'viewers':
       mixdown.viewers = Number(msg.count) || 0;
       return renderViewers();
+    case 'shutting-down':
+      // A restart: the call goes on until the server closes the room, and the reconnection
+      // below (back-off 1, 2, 4… s) joins again once it is back.
+      mixdown.shuttingDown = Number(msg.retry_after_s) || 0;
+      return setStatus(`the server is restarting; this call reconnects in about ${mixdown.shuttingDown} s`, 'warn');
     case 'error': return onServerError(msg);
     default: return undefined;   // `left` acknowledges our own leave; nothing to do
   }
@@ -493,6 +498,7 @@ function onServerError({ code, message }) {
       return fail(code, `Too many connections from your network address are open already: ${text}. Close another Mixdown tab and try again.`);
     case 'room-full': return fail(code, `The room “${session.room}” is full. Try another room, or`, watchLink(session.room));
     case 'unavailable':
+    case 'shutting-down':
       mixdown.errors.push({ code, message: text });
       return lostConnection(`the server is unavailable: ${text}`);
     case 'no-codec':

@@ -107,6 +107,10 @@ impl From<RoomError> for ApiError {
                 retry_after_s: 30,
             },
             RoomError::Closed(_) => ApiError::Unavailable(e.to_string()),
+            RoomError::Draining(s) => ApiError::Busy {
+                message: e.to_string(),
+                retry_after_s: s,
+            },
             RoomError::UnknownSession { .. } => ApiError::NotFound(e.to_string()),
             RoomError::NothingToDo | RoomError::BadLayout(_) => ApiError::BadRequest(e.to_string()),
             RoomError::Rtc(RtcError::Offer(msg)) => {

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .route("/whip/{room}", post(whip))
         .route("/whip/{room}/{session}", axum::routing::delete(end_session))
         .route("/whep/{room}", post(whep))
@@ -127,6 +128,23 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         // How often each limit refused something since start.
         "refused": state.rooms.counters().snapshot(),
     }))
+}
+
+/// `GET /readyz`: whether to send this server new joins. 503 with `Retry-After` while it
+/// drains for a shutdown (the calls in progress go on); `/healthz` stays the liveness check.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.rooms.is_draining() {
+        let retry = state.rooms.retry_after_s();
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": "shutting down" })),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        return r;
+    }
+    Json(serde_json::json!({ "ready": true })).into_response()
 }
 
 /// `GET /metrics`: Prometheus' text format. Like `/healthz` it needs no token: it holds

@@ -98,8 +98,15 @@ async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket) {
     let mut ping = tokio::time::interval(idle / 3);
     ping.tick().await;
     let mut heard = Instant::now();
+    let mut draining = conn.state.rooms.draining();
     loop {
         tokio::select! {
+            Ok(()) = draining.changed() => {
+                if *draining.borrow_and_update() {
+                    let retry_after_s = conn.state.rooms.retry_after_s();
+                    conn.send(ServerMessage::ShuttingDown { retry_after_s }).await;
+                }
+            }
             _ = &mut join_deadline, if conn.joined.is_none() => {
                 conn.error(SignalError::new(ErrorCode::JoinTimeout, format!(
                     "send \"join\" within {} s of connecting", JOIN_TIMEOUT.as_secs()
@@ -159,6 +166,7 @@ fn room_error(e: RoomError) -> SignalError {
         RoomError::Rtc(RtcError::Candidate(_)) => ErrorCode::BadCandidate,
         RoomError::NothingToDo => ErrorCode::BadOffer,
         RoomError::UnknownSession { .. } => ErrorCode::NotJoined,
+        RoomError::Draining(_) => ErrorCode::ShuttingDown,
         _ => ErrorCode::Unavailable,
     };
     if code == ErrorCode::Unavailable {

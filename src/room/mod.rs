@@ -201,6 +201,8 @@ pub enum RoomError {
     TooManyViewers { room: RoomId, max: usize },
     #[error("the server has as many rooms open as it takes ({0})")]
     TooManyRooms(usize),
+    #[error("the server is shutting down; join again in {0} s")]
+    Draining(u32),
     #[error("room {0} is not open: it opens when its first participant joins")]
     NotOpen(RoomId),
     #[error("room {0} has closed")]
@@ -327,6 +329,8 @@ pub(crate) struct RegistryInner {
     /// The runtime rooms (and so their sessions and outputs) run on: the one the registry
     /// was made on, not the HTTP runtime a join arrives from.
     pub(crate) media: tokio::runtime::Handle,
+    /// Set on SIGTERM: joins are refused while the sessions in progress finish.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl RegistryInner {
@@ -360,6 +364,7 @@ impl RoomRegistry {
                 counters: crate::limits::Counters::default(),
                 addresses: crate::limits::AddressSlots::new(config.limits.sessions_per_address),
                 media: tokio::runtime::Handle::current(),
+                draining: tokio::sync::watch::Sender::new(false),
                 config,
             }),
         }
@@ -389,6 +394,27 @@ impl RoomRegistry {
         self.inner.rooms().get(id).cloned()
     }
 
+    /// Starts a graceful shutdown: from now on joins are refused ([`RoomError::Draining`])
+    /// and every [`draining`](Self::draining) watcher is told.
+    pub fn begin_drain(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Turns true when a graceful shutdown starts.
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
+    /// How long clients are told to wait before joining again while draining: the drain
+    /// time and a little for the restart.
+    pub fn retry_after_s(&self) -> u32 {
+        self.inner.config.server.drain_s + 5
+    }
+
     /// Joins, opening the room if `create` (a viewer's join does not open a room unless its
     /// token may). A room that closed between lookup and join is replaced by a new one.
     pub async fn join(
@@ -400,6 +426,9 @@ impl RoomRegistry {
         options: JoinOptions,
         create: bool,
     ) -> Result<JoinAnswer, RoomError> {
+        if self.is_draining() {
+            return Err(RoomError::Draining(self.retry_after_s()));
+        }
         for _ in 0..3 {
             let handle = self.get_or_create(room, create)?;
             let result = handle

@@ -289,3 +289,193 @@ async fn metrics_say_what_a_room_with_a_recording_does() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM to the real binary during a call with a recording: `/readyz` turns 503 and new
+/// joins get 503 with `Retry-After`, the WebSocket participant is told `shutting-down`, the
+/// call goes on until the drain time is up, then the process exits 0 and the recording is
+/// finalised (its header has a duration) and plays the publisher's red. Its log, in
+/// `--log-format json`, is one JSON object a line with the join and the drain in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_tells_the_call_finalises_the_recording_and_exits_0() {
+    use crate::common::client::{Client, ClientOptions};
+    use crate::common::media_file::{decode, header_duration};
+    use crate::common::wait_for;
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+    init_logging();
+    // The test's own clients and decoder (the server is another process).
+    mixdown::mixer::init().unwrap();
+    let dir = std::env::temp_dir().join(format!("mixdown-it-drain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp_port = test_config().rtc.udp_port;
+    let config = dir.join("mixdown.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhost = \"127.0.0.1\"\nhttp_port = {http_port}\ndrain_s = 3\n\
+             [rtc]\nudp_port = {udp_port}\n[video]\nwidth = 640\nheight = 360\n\
+             bitrate_kbps = 800\n[recording]\ndir = \"{}\"\n",
+            dir.join("recordings").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixdown"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "mixdown=info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server starts");
+    let base = format!("http://127.0.0.1:{http_port}");
+    wait_for("the server to listen", Duration::from_secs(20), || async {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+
+    let offer = crate::security::real_offer(&base).await;
+    let red = Client::join(
+        &base,
+        "drain",
+        ClientOptions::participant(0xffff0000, 500.0),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http_port}/ws"))
+        .await
+        .expect("websocket");
+    ws.send(Message::Text(
+        json!({"type": "join", "room": "drain", "name": "Ada"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{base}/api/rooms/drain/recordings"))
+        .json(&json!({ "format": "webm" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    wait_for("the call to run", Duration::from_secs(20), || async {
+        red.received.frame_count() > 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // SAFETY: kill sends a signal to our own child.
+    let pid = child.id().expect("running") as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+
+    // The WebSocket participant is told (other room events may come first).
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "shutting-down" {
+                    return v;
+                }
+            }
+        }
+        serde_json::Value::Null
+    })
+    .await
+    .expect("told within 5 s");
+    assert!(
+        told["retry_after_s"].as_u64().is_some_and(|s| s >= 3),
+        "{told}"
+    );
+    // Not ready, and joins refused with Retry-After; the call still runs.
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.headers().contains_key("retry-after"));
+    let refused = http
+        .post(format!("{base}/whip/drain"))
+        .header("Content-Type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let frames = red.received.frame_count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        red.received.frame_count() > frames + 15,
+        "the call goes on while draining"
+    );
+
+    // The drain time is up: the process ends by itself, with 0.
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within the drain time and 20 s")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took >= Duration::from_secs(3), "drained for {took:?}");
+    drop(red);
+    let files: Vec<_> = std::fs::read_dir(dir.join("recordings"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "webm"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let header = header_duration(&files[0]).expect("a finalised file has a duration");
+    assert!(header > Duration::from_secs(4), "{header:?}");
+    let d = decode(
+        &format!("filesrc location={}", files[0].display()),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(d.error.is_none(), "{:?}", d.error);
+    assert!(
+        d.video_span() > Duration::from_secs(4),
+        "{:?}",
+        d.video_span()
+    );
+    let last = d.last_frame().expect("frames");
+    let mean = last.mean([
+        last.width / 4,
+        last.height / 4,
+        last.width / 2,
+        last.height / 2,
+    ]);
+    assert!(
+        crate::common::close_to(mean, [255, 0, 0], 60.0),
+        "the recording's last frame is {mean:?}, not the publisher's red"
+    );
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
+    }
+    let has = |message: &str, key: &str, value: &str| {
+        lines.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+                && l[key] == value
+        })
+    };
+    assert!(has("joined", "room", "drain"), "{log}");
+    assert!(has("shutting down: draining", "level", "INFO"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
