@@ -93,6 +93,12 @@ pub struct LinkReport {
     pub rtt_ms: Option<f64>,
     /// Queueing delay on the path now, milliseconds.
     pub queue_ms: f64,
+    /// Media sent to the peer and received from it over the last second (bit/s).
+    pub sent_bps: f64,
+    pub received_bps: f64,
+    /// Interarrival jitter of our streams, from the peer's reports (the video stream's when
+    /// it has one).
+    pub jitter_ms: Option<f64>,
     /// A probe ended: whether the link carried the probed rate.
     #[serde(skip)]
     pub probe: Option<bool>,

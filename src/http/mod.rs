@@ -64,6 +64,10 @@ pub fn router(state: AppState) -> Router {
             "/api/rooms/{room}/participants/{id}",
             axum::routing::delete(remove_participant),
         )
+        .route(
+            "/api/rooms/{room}/participants/{id}/stats",
+            get(participant_stats),
+        )
         .route_layer(guarded(Need::ViewOrAdmin));
     let record = Router::new()
         .route(
@@ -384,6 +388,34 @@ async fn remove_participant(
     state.rooms.leave(&room, id).await.map_err(|_| unknown())?;
     tracing::info!(room = %room, session = %id, "removed by an administrator");
     Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /api/rooms/{room}/participants/{id}/stats` (`id`: the session id the room info
+/// lists): the server's side of `getStats` for one session.
+async fn participant_stats(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = room_id(&room)?;
+    let not_found = || ApiError::NotFound(format!("no participant {session} in room {id}"));
+    let handle = state.rooms.get(&id).ok_or_else(not_found)?;
+    let info = handle.info().await.map_err(|_| not_found())?;
+    let p = info
+        .participants
+        .into_iter()
+        .find(|p| p.session == session)
+        .ok_or_else(not_found)?;
+    let mut body = serde_json::to_value(&p.stats).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert("session".into(), p.session.into());
+        m.insert("name".into(), p.name.into());
+        m.insert(
+            "quality".into(),
+            p.quality
+                .map_or(serde_json::Value::Null, |q| q.label.into()),
+        );
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn room_info(

@@ -161,6 +161,8 @@ pub struct VideoMixer {
     compositor: gst::Element,
     tee: gst::Element,
     slots: HashMap<SessionId, Slot>,
+    /// Pictures each publisher's decoder has put out (for its stats).
+    decoded: HashMap<SessionId, Arc<std::sync::atomic::AtomicU64>>,
     /// Name cards over the tiles of participants whose camera is stopped.
     cards: HashMap<SessionId, Slot>,
     encoders: HashMap<EncodeKey, Encoder>,
@@ -314,6 +316,7 @@ impl VideoMixer {
             compositor,
             tee,
             slots: HashMap::new(),
+            decoded: HashMap::new(),
             cards: HashMap::new(),
             encoders: HashMap::new(),
             bus_task: Some(bus_task),
@@ -494,6 +497,13 @@ impl VideoMixer {
                 let _ = events.try_send(VideoEvent::FirstFrame(id));
                 gst::PadProbeReturn::Remove
             });
+            let decoded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let count = Arc::clone(&decoded);
+            src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                count.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+            self.decoded.insert(id, decoded);
         }
         self.attach(id, bin, false, tile)?;
         tracing::debug!(room = %self.room, session = %id, %codec, "video input started");
@@ -504,7 +514,13 @@ impl VideoMixer {
         }))
     }
 
+    /// Pictures the publisher's decoder has put out since its input started.
+    pub fn decoded_frames(&self, id: SessionId) -> Option<u64> {
+        self.decoded.get(&id).map(|c| c.load(Ordering::Relaxed))
+    }
+
     pub fn remove(&mut self, id: SessionId) {
+        self.decoded.remove(&id);
         self.hide_card(id);
         if let Some(slot) = self.slots.remove(&id) {
             self.detach(slot);

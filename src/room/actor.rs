@@ -58,6 +58,8 @@ struct Participant {
     tier: Option<TierChoice>,
     /// The transport's latest word on this receiver's link.
     link: Option<LinkReport>,
+    /// Its decoder's picture count, sampled with each link report (for `decode_fps`).
+    decodes: std::collections::VecDeque<(Instant, u64)>,
     /// The loss (percent) last handed to the audio mixer for this listener's FEC.
     fec_loss: u8,
     /// The best ladder rung this receiver may get.
@@ -504,6 +506,7 @@ impl Room {
                 receives_audio,
                 tier: codec.map(|_| tier_choice(&self.registry.config.video, max_tier)),
                 link: None,
+                decodes: Default::default(),
                 fec_loss: 0,
                 max_tier,
                 viewer,
@@ -908,6 +911,7 @@ impl Room {
                             }
                         }),
                         quality: self.quality(p),
+                        stats: self.stats(p),
                     },
                 )
             })

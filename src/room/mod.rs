@@ -100,6 +100,25 @@ pub struct ParticipantInfo {
     pub video_packets: Option<VideoPackets>,
     /// What this receiver's link carries and which tier of the composite it gets.
     pub quality: Option<QualityInfo>,
+    /// The server's side of `getStats` for this session.
+    pub stats: ParticipantStats,
+}
+
+/// One session's figures as the server sees them (`GET
+/// /api/rooms/{room}/participants/{id}/stats`): `None` where there is nothing to measure yet.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ParticipantStats {
+    /// Media received from it and sent to it over the last second, kbit/s.
+    pub received_kbps: Option<u32>,
+    pub sent_kbps: Option<u32>,
+    /// Loss, round trip and jitter of what we send, from its reports.
+    pub loss_percent: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    /// Pictures of its video the server decoded per second (over about the last second).
+    pub decode_fps: Option<f64>,
+    /// The composite tier it receives (0 is the canvas; `None`: no video, or audio only).
+    pub tier: Option<usize>,
 }
 
 /// A receiver's quality: its rung of the encoder ladder and its link, as the transport

@@ -332,6 +332,10 @@ pub(super) struct Driver {
     estimator: SharedEstimator,
     /// Media bytes sent, for the padding a probe adds.
     meter: RateMeter,
+    /// Media received from the peer (for its stats).
+    received: RateMeter,
+    /// Interarrival jitter of our streams, from the peer's reports.
+    jitter_ms: Option<f64>,
     /// While a probe runs: when to send the next padding, and when the last went.
     probe_tick: Option<Instant>,
     last_pad: Instant,
@@ -455,6 +459,8 @@ impl Driver {
             rtp_out: Vec::with_capacity(16),
             estimator,
             meter: RateMeter::default(),
+            received: RateMeter::default(),
+            jitter_ms: None,
             probe_tick: None,
             last_pad: now,
             pad_debt: 0.0,
@@ -840,6 +846,8 @@ impl Driver {
     }
 
     fn rtp(&mut self, track_id: String, packet: ::rtc::rtp::Packet) {
+        self.received
+            .add(Instant::now(), packet.payload.len() + RTP_HEADER);
         self.io
             .transport
             .router
@@ -1164,6 +1172,9 @@ impl Driver {
             loss: self.reported_loss.max(e.loss()),
             rtt_ms: self.rtt_ms,
             queue_ms: e.queue_ms(),
+            sent_bps: self.meter.bps(now),
+            received_bps: self.received.bps(now),
+            jitter_ms: self.jitter_ms,
             probe: outcome.map(|o| matches!(o, ProbeOutcome::Succeeded { .. })),
         };
         drop(e);
@@ -1193,6 +1204,12 @@ impl Driver {
         let mut loss: Option<f64> = None;
         for b in blocks.iter().filter(|b| ours.contains(&Some(b.ssrc))) {
             loss = Some(loss.unwrap_or(0.0).max(b.fraction_lost as f64 / 256.0));
+            // Jitter is in the stream's clock: 90 kHz video, 48 kHz Opus. Video's wins.
+            if Some(b.ssrc) == ours[0] {
+                self.jitter_ms = Some(b.jitter as f64 / 90.0);
+            } else if ours[0].is_none() {
+                self.jitter_ms = Some(b.jitter as f64 / 48.0);
+            }
             if b.last_sender_report != 0 {
                 let now = ntp_middle(std::time::SystemTime::now());
                 let rtt = now.wrapping_sub(b.last_sender_report).wrapping_sub(b.delay);

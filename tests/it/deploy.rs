@@ -479,3 +479,56 @@ async fn sigterm_drains_tells_the_call_finalises_the_recording_and_exits_0() {
     assert!(has("shutting down: draining", "level", "INFO"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET /api/rooms/{room}/participants/{id}/stats`: a publisher's media arrives and its
+/// video is decoded at the rate it sends (15 fps); a viewer gets the canvas tier and the bytes it is sent; an
+/// unknown id is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_stats_show_rates_decoding_and_the_tier() {
+    use crate::common::client::{Client, ClientOptions};
+    use crate::common::wait_for;
+    use std::time::Duration;
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let base = server.url("");
+    let mut red = ClientOptions::participant(0xffff0000, 500.0);
+    red.receive = false;
+    let red = Client::join(&base, "stats", red).await;
+    let viewer = Client::join(&base, "stats", ClientOptions::viewer()).await;
+    wait_for("the viewer decodes", Duration::from_secs(30), || async {
+        viewer.received.frame_count() > 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = |location: &str| {
+        let id = mixdown::ids::SessionId::public_in_location(location).expect("id");
+        let url = server.url(&format!("/api/rooms/stats/participants/{id}/stats"));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let p = stats(&red.location).await;
+    // The test client sends a solid colour at 320x240, 15 fps (tens of kbit/s), and a tone.
+    let received = p["received_kbps"].as_f64().expect("received_kbps");
+    assert!(received > 30.0, "{p}");
+    let fps = p["decode_fps"].as_f64().expect("decode_fps");
+    assert!((12.0..=18.0).contains(&fps), "{p}");
+    assert!(
+        p["tier"].is_null(),
+        "a publisher that receives nothing has no tier: {p}"
+    );
+    let v = stats(&viewer.location).await;
+    assert_eq!(v["tier"], 0, "{v}");
+    assert_eq!(v["quality"], "360p", "{v}");
+    assert!(v["sent_kbps"].as_f64().is_some_and(|k| k > 30.0), "{v}");
+    assert!(v["decode_fps"].is_null(), "{v}");
+    let missing = reqwest::get(server.url("/api/rooms/stats/participants/0123456789abcdef/stats"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    red.leave().await;
+    viewer.leave().await;
+    server.stop().await;
+}

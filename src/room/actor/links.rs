@@ -5,8 +5,8 @@
 use super::{Participant, Room};
 use crate::ids::SessionId;
 use crate::media::LinkReport;
-use crate::room::QualityInfo;
 use crate::room::tiers::Rung;
+use crate::room::{ParticipantStats, QualityInfo};
 use std::time::Instant;
 
 impl Room {
@@ -14,6 +14,7 @@ impl Room {
     /// or a probe).
     pub(super) fn link_report(&mut self, session: SessionId, peer: u64, report: LinkReport) {
         let now = Instant::now();
+        let decoded = self.video.decoded_frames(session);
         let Some(p) = self.participants.get_mut(&session) else {
             return;
         };
@@ -21,6 +22,16 @@ impl Room {
             return; // a replaced peer connection's last words
         }
         p.link = Some(report);
+        match decoded {
+            Some(n) => {
+                p.decodes.push_back((now, n));
+                // Reports come every 250 ms: five samples span about a second.
+                while p.decodes.len() > 5 {
+                    p.decodes.pop_front();
+                }
+            }
+            None => p.decodes.clear(),
+        }
         tracing::trace!(
             room = %self.id,
             %session,
@@ -64,6 +75,32 @@ impl Room {
                 Err(e) => tracing::error!(room = %self.id, %session, tier, "tier encoder: {e}"),
             },
             Rung::AudioOnly => p.peer.pause_video(),
+        }
+    }
+
+    pub(super) fn stats(&self, p: &Participant) -> ParticipantStats {
+        let link = p.link;
+        let kbps = |bps: f64| (bps / 1000.0).round() as u32;
+        let decode_fps = match (p.decodes.front(), p.decodes.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                let fps = n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64();
+                Some((fps * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        ParticipantStats {
+            received_kbps: link.map(|l| kbps(l.received_bps)),
+            sent_kbps: link.map(|l| kbps(l.sent_bps)),
+            loss_percent: link.map(|l| (l.loss * 1000.0).round() / 10.0),
+            rtt_ms: link.and_then(|l| l.rtt_ms).map(|r| r.round()),
+            jitter_ms: link
+                .and_then(|l| l.jitter_ms)
+                .map(|j| (j * 10.0).round() / 10.0),
+            decode_fps,
+            tier: match p.tier.as_ref().map(|t| t.current()) {
+                Some(Rung::Tier(t)) => Some(t),
+                _ => None,
+            },
         }
     }
 
