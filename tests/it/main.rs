@@ -3,6 +3,7 @@
 mod bench_smoke;
 mod browser;
 mod common;
+mod container;
 mod deploy;
 mod e2e;
 mod http_api;

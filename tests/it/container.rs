@@ -1,0 +1,756 @@
+//! The container stack of `docker/` for real (issue 16): the image built from this build's
+//! binary (`scripts/container.sh`, rootful podman, no registry), `docker/compose.yaml` started
+//! on loopback with its own ports, and a call through it: headless Chromium runs the web app
+//! **relay-only**, so every packet of its media goes through the coturn container with the
+//! short-lived credentials Mixdown handed it, next to a webrtc-rs participant on loopback.
+//! Checked as a person would: each sees the other's colour in the other's tile and hears the
+//! other's tone; a recording lands in the host folder mounted as the recordings volume; the
+//! stack stops on SIGTERM with exit status 0 and leaves nothing behind.
+//!
+//! Needs root and a network to Debian's mirror and PyPI the first time (podman, mmdebstrap,
+//! podman-compose, the Debian base image: cached in /var/tmp/mixdown-podman afterwards);
+//! without them it prints `SKIPPED: <reason>` and passes.
+
+use crate::common::client::{Client, ClientOptions};
+use crate::common::{CHROMIUM, CHROMIUM_FLAGS, close_to, init_logging, tone_db, wait_for};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use mixdown::auth::{Claims, VideoGrant, mint, now_unix};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Loopback ports of the stack, apart from the other tests' (21000 upwards) and outside the
+/// kernel's ephemeral range.
+const HTTP_PORT: u16 = 23480;
+const MEDIA_PORT: u16 = 23481;
+const TURN_PORT: u16 = 23478;
+const RELAY_PORTS: (u16, u16) = (23500, 23549);
+/// A compose project of its own, so a stack someone runs from docker/ is never touched.
+const PROJECT: &str = "mixdown-test";
+const API_KEY: &str = "APIcontainer";
+const API_SECRET: &str = "a-container-test-secret-of-at-least-32-bytes";
+const TURN_SECRET: &str = "a-turn-secret-for-the-container-test";
+/// The webrtc-rs participant: red, 500 Hz. Chromium's fake devices play blue and 800 Hz.
+const RED: (u32, [u8; 3]) = (0xffff0000, [255, 0, 0]);
+const BLUE: [u8; 3] = [0, 0, 255];
+const RUST_TONE: f32 = 500.0;
+const CHROMIUM_TONE: f32 = 800.0;
+/// Two lossy encodes and a colour-space round trip (as in e2e.rs).
+const COLOUR_TOLERANCE: f32 = 48.0;
+/// Hang guard only.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs before the web app's own script: every `RTCPeerConnection` it makes is relay-only,
+/// and is kept (with the configuration it was given) for the test to inspect.
+const RELAY_ONLY: &str = r#"(() => {
+  const Native = window.RTCPeerConnection;
+  const seen = (window.__relay = { configs: [], pcs: [] });
+  window.RTCPeerConnection = class extends Native {
+    constructor(config = {}, ...rest) {
+      const relayed = { ...config, iceTransportPolicy: 'relay' };
+      super(relayed, ...rest);
+      seen.configs.push(JSON.parse(JSON.stringify(relayed)));
+      seen.pcs.push(this);
+    }
+  };
+})();"#;
+
+/// The page's own tile in the web app's layout (fractions of the canvas).
+const OWN_TILE: &str =
+    "(l => l && l.tiles.find(t => t.id === window.mixdown.id))(window.mixdown.layout)";
+
+/// The selected ICE pair of the web app's latest connection, from Chromium's own stats, and
+/// what all its pairs carried: through relay candidates, and through any other kind.
+const SELECTED_PAIR: &str = r#"(async () => {
+  const pc = window.__relay && window.__relay.pcs[window.__relay.pcs.length - 1];
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  const out = { relayBytesReceived: 0, otherBytesReceived: 0, otherPairs: 0 };
+  stats.forEach((r) => {
+    if (r.type === 'candidate-pair') {
+      const local = stats.get(r.localCandidateId);
+      if (local && local.candidateType === 'relay') out.relayBytesReceived += r.bytesReceived || 0;
+      else { out.otherPairs += 1; out.otherBytesReceived += r.bytesReceived || 0; }
+    }
+    if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
+    const pair = stats.get(r.selectedCandidatePairId);
+    const local = pair && stats.get(pair.localCandidateId);
+    const remote = pair && stats.get(pair.remoteCandidateId);
+    if (!local || !remote) return;
+    Object.assign(out, { localType: local.candidateType, relayProtocol: local.relayProtocol || null,
+      turnUrl: local.url || null, local: `${local.address}:${local.port}`,
+      remoteType: remote.candidateType, remote: `${remote.address}:${remote.port}`,
+      protocol: remote.protocol });
+  });
+  return out;
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
+    init_logging();
+    let started = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the container test needs root (rootful podman)");
+        return;
+    }
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
+    );
+    // The Rust participant encodes and decodes with GStreamer in this process.
+    mixdown::mixer::init().expect("GStreamer and its plugins");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("scripts/container.sh");
+
+    // podman, the base image (cached), the images from this build's binary.
+    let t = Instant::now();
+    let setup = Command::new("bash")
+        .arg(&script)
+        .arg("setup")
+        .output()
+        .expect("bash runs");
+    match setup.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            println!("SKIPPED: {}", last_line(&setup.stderr));
+            return;
+        }
+        _ => panic!("container.sh setup failed: {}", text(&setup)),
+    }
+    let setup_time = t.elapsed();
+    let t = Instant::now();
+    let build = Command::new("bash")
+        .arg(&script)
+        .args(["build", env!("CARGO_BIN_EXE_mixdown")])
+        .output()
+        .expect("bash runs");
+    assert!(build.status.success(), "image build: {}", text(&build));
+    let build_time = t.elapsed();
+
+    // The stack's own configuration, with the TURN URLs the browser reaches on loopback.
+    let dir = std::env::temp_dir().join(format!("mixdown-container-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config_dir = dir.join("config");
+    let recordings = dir.join("recordings");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&recordings).unwrap();
+    // The image's `mixdown` user (docker/Dockerfile) owns what it writes to.
+    std::os::unix::fs::chown(&recordings, Some(10001), Some(10001)).unwrap();
+    let turn_urls = [
+        format!("turn:127.0.0.1:{TURN_PORT}?transport=udp"),
+        format!("turn:127.0.0.1:{TURN_PORT}?transport=tcp"),
+    ];
+    let config = stack_config(&root.join("docker/config/mixdown.toml"), &turn_urls);
+    std::fs::write(config_dir.join("mixdown.toml"), config).unwrap();
+
+    let mut stack = Stack {
+        script: script.clone(),
+        env: vec![
+            ("MIXDOWN_HOST", "127.0.0.1".into()),
+            ("MIXDOWN_HTTP_PORT", HTTP_PORT.to_string()),
+            ("MIXDOWN_UDP_PORT", MEDIA_PORT.to_string()),
+            ("MIXDOWN_CONFIG_DIR", config_dir.display().to_string()),
+            ("MIXDOWN_RECORDINGS", recordings.display().to_string()),
+            ("MIXDOWN_API_KEY", API_KEY.into()),
+            ("MIXDOWN_API_SECRET", API_SECRET.into()),
+            ("TURN_SECRET", TURN_SECRET.into()),
+            ("TURN_PORT", TURN_PORT.to_string()),
+            ("TURN_MIN_PORT", RELAY_PORTS.0.to_string()),
+            ("TURN_MAX_PORT", RELAY_PORTS.1.to_string()),
+            // Loopback only, and relays may reach Mixdown on loopback: for this test only.
+            (
+                "TURN_EXTRA_ARGS",
+                "--allow-loopback-peers --listening-ip=127.0.0.1 --relay-ip=127.0.0.1".into(),
+            ),
+        ],
+        dir: dir.clone(),
+        up: false,
+    };
+    // Whatever an interrupted earlier run left.
+    stack.compose(&["down", "-v", "-t", "5"]);
+    let t = Instant::now();
+    let up = stack.compose(&["up", "-d", "--no-build"]);
+    stack.up = true;
+    assert!(up.status.success(), "compose up: {}", text(&up));
+    let up_time = t.elapsed();
+
+    // Health checks do not run under podman without systemd: poll both services.
+    let base = format!("http://127.0.0.1:{HTTP_PORT}");
+    let http = reqwest::Client::new();
+    wait_for("Mixdown's /healthz in the container", LIMIT, || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    wait_for("coturn answering STUN", LIMIT, || stun_answers(TURN_PORT)).await;
+    let ready_time = t.elapsed();
+    // The image's HEALTHCHECK itself: podman runs it on request (never on a timer here).
+    let health = stack.podman(&["healthcheck", "run", &format!("{PROJECT}_mixdown_1")]);
+    assert!(health.status.success(), "health check: {}", text(&health));
+
+    // The webrtc-rs participant, directly on loopback.
+    let room = "container";
+    let mut rust = ClientOptions::participant(RED.0, RUST_TONE);
+    rust.token = Some(token(room, "rust", |_| {}));
+    let rust = Client::join(&base, room, rust).await;
+
+    // Chromium: the web app from the container, relay-only, its camera and microphone fake
+    // devices playing a blue picture and an 800 Hz tone from files.
+    let y4m = dir.join("blue.y4m");
+    std::fs::write(&y4m, solid_y4m(320, 180, BLUE)).unwrap();
+    let wav = dir.join("tone.wav");
+    std::fs::write(&wav, tone_wav(CHROMIUM_TONE)).unwrap();
+    let profile = dir.join("profile");
+    let mut chromium = tokio::process::Command::new(CHROMIUM)
+        .args(CHROMIUM_FLAGS)
+        .arg(format!(
+            "--use-file-for-fake-video-capture={}",
+            y4m.display()
+        ))
+        .arg(format!(
+            "--use-file-for-fake-audio-capture={}",
+            wav.display()
+        ))
+        .args(["--remote-debugging-port=0", "--window-size=1280,900"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+    let cdp = Cdp::connect(&profile).await;
+    let t = Instant::now();
+    let page = cdp
+        .open_with(
+            &format!(
+                "{base}/?room={room}&name=Relay&autojoin=1&token={}",
+                token(room, "relay", |_| {})
+            ),
+            RELAY_ONLY,
+        )
+        .await;
+    wait_for(
+        "the web app decodes the composite, with audio",
+        LIMIT,
+        || async {
+            let s = cdp
+                .eval(&page, "window.mixdown && window.mixdown.stats")
+                .await;
+            s["framesDecoded"].as_u64().unwrap_or(0) > 30
+                && s["audioLevel"].as_f64().unwrap_or(0.0) > 0.0
+        },
+    )
+    .await;
+    let join_time = t.elapsed();
+
+    // Its media went through coturn: a relay candidate, to Mixdown's media port, and it has
+    // no other kind of candidate pair.
+    wait_for("100 kB received through the relay", LIMIT, || async {
+        let pair = cdp.eval(&page, SELECTED_PAIR).await;
+        pair["relayBytesReceived"].as_u64().unwrap_or(0) > 100_000
+    })
+    .await;
+    let pair = cdp.eval(&page, SELECTED_PAIR).await;
+    println!("chromium's selected pair: {pair}");
+    assert_eq!(pair["localType"], "relay", "{pair}");
+    assert_eq!(pair["remote"], format!("127.0.0.1:{MEDIA_PORT}"), "{pair}");
+    assert!(
+        pair["turnUrl"]
+            .as_str()
+            .is_some_and(|u| u.contains(&format!("127.0.0.1:{TURN_PORT}"))),
+        "{pair}"
+    );
+    assert_eq!(pair["otherPairs"], 0, "{pair}");
+    // With credentials Mixdown made for this member: `<expiry>:<its token's identity>`, an
+    // hour (ttl_s) ahead, and the HMAC of that under the secret both got from TURN_SECRET.
+    let config = cdp
+        .eval(
+            &page,
+            "window.__relay.configs[window.__relay.configs.length - 1]",
+        )
+        .await;
+    let turn = config["iceServers"]
+        .as_array()
+        .and_then(|s| {
+            s.iter().find(|s| {
+                s["urls"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u == &json!(turn_urls[0])))
+            })
+        })
+        .unwrap_or_else(|| panic!("no TURN server handed to the web app: {config}"))
+        .clone();
+    let username = turn["username"].as_str().unwrap_or_default();
+    let (expiry, identity) = username.split_once(':').expect("<expiry>:<identity>");
+    assert_eq!(identity, "relay", "{username}");
+    let ttl = expiry
+        .parse::<u64>()
+        .unwrap_or(0)
+        .saturating_sub(now_unix());
+    assert!(
+        (3500..=3600).contains(&ttl),
+        "{username}: valid for {ttl} s"
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        TURN_SECRET.as_bytes(),
+    );
+    let tag = base64::engine::general_purpose::STANDARD
+        .decode(turn["credential"].as_str().unwrap_or_default())
+        .expect("a base64 credential");
+    ring::hmac::verify(&key, username.as_bytes(), &tag).expect("the credential verifies");
+    assert!(!config.to_string().contains(TURN_SECRET));
+
+    // What each sees and hears. The web app's layout names Chromium's tile (fractions of the
+    // canvas); the Rust participant finds blue there and hears 800 Hz but not itself.
+    let last = std::sync::Mutex::new(String::new());
+    wait_for(
+        "blue in Chromium's tile, as the Rust participant decodes it",
+        LIMIT,
+        || async {
+            let tile = cdp.eval(&page, OWN_TILE).await;
+            let Some(frame) = rust.received.frame() else {
+                return false;
+            };
+            let f = |k: &str, scale: u32| {
+                (tile[k].as_f64().unwrap_or(0.0) * scale as f64).round() as u32
+            };
+            let rect = [
+                f("x", frame.width),
+                f("y", frame.height),
+                f("w", frame.width),
+                f("h", frame.height),
+            ];
+            if rect[2] == 0 || rect[3] == 0 {
+                return false;
+            }
+            let mean = frame.mean(rect);
+            *last.lock().unwrap() = format!(
+                "tile {rect:?} of {}x{}: mean {mean:?}",
+                frame.width, frame.height
+            );
+            close_to(mean, BLUE, COLOUR_TOLERANCE)
+        },
+    )
+    .await;
+    let last = last.into_inner().unwrap();
+    println!("chromium's tile at the rust participant: {last}");
+    wait_for(
+        "the Rust participant hears Chromium's tone",
+        LIMIT,
+        || async {
+            let audio = rust.received.recent_audio(48_000);
+            audio.len() >= 24_000
+                && tone_db(&audio, CHROMIUM_TONE) > -35.0
+                && tone_db(&audio, CHROMIUM_TONE) - tone_db(&audio, RUST_TONE) >= 20.0
+        },
+    )
+    .await;
+    let audio = rust.received.recent_audio(48_000);
+    println!(
+        "the rust participant hears chromium at {:.1} dB and itself at {:.1} dB",
+        tone_db(&audio, CHROMIUM_TONE),
+        tone_db(&audio, RUST_TONE)
+    );
+    // And Chromium sees red in the Rust participant's tile of what it plays.
+    wait_for(
+        "red in the Rust participant's tile, in Chromium",
+        LIMIT,
+        || async {
+            let v = cdp.eval(&page, &canvas_probe()).await;
+            v.as_array().is_some_and(|c| {
+                let c: Vec<f32> = c
+                    .iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect();
+                c.len() == 3 && close_to([c[0], c[1], c[2]], RED.1, COLOUR_TOLERANCE)
+            })
+        },
+    )
+    .await;
+
+    // A recording lands in the host folder mounted as the recordings volume.
+    let api = format!("{base}/api/rooms/{room}/recordings");
+    let ops = token(room, "ops", |g| {
+        g.room_join = false;
+        g.room_record = true;
+    });
+    let res = http
+        .post(&api)
+        .bearer_auth(&ops)
+        .json(&json!({"format": "webm", "name": "container"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let rec: Value = res.json().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let res = http
+        .delete(format!("{api}/{}", rec["id"].as_str().unwrap()))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let file = recordings.join("container.webm");
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "{} has {size} bytes", file.display());
+
+    // Leave, then stop: SIGTERM ends Mixdown cleanly (status 0) and coturn through its init.
+    cdp.eval(&page, "window.mixdown.leave()").await;
+    rust.leave().await;
+    let _ = chromium.kill().await;
+    let t = Instant::now();
+    let stop = stack.compose(&["stop", "-t", "20"]);
+    assert!(stop.status.success(), "compose stop: {}", text(&stop));
+    let stop_time = t.elapsed();
+    let status = stack.podman(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &format!("{PROJECT}_mixdown_1"),
+    ]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.trim(), "0", "Mixdown's exit status after SIGTERM");
+    let t = Instant::now();
+    stack.down();
+    let down_time = t.elapsed();
+    let label = format!("label=io.podman.compose.project={PROJECT}");
+    for what in ["ps", "pod", "volume"] {
+        let args: &[&str] = match what {
+            "ps" => &["ps", "-aq", "--filter", &label],
+            "pod" => &["pod", "ps", "-q", "--filter", &label],
+            _ => &["volume", "ls", "-q", "--filter", &label],
+        };
+        let left = stack.podman(args);
+        let left = String::from_utf8_lossy(&left.stdout);
+        assert!(
+            left.trim().is_empty(),
+            "{what} left by compose down: {left}"
+        );
+    }
+    println!(
+        "container stack timings: setup {setup_time:.1?}, image build {build_time:.1?}, compose up {up_time:.1?} \
+         (ready {ready_time:.1?}), page open → composite {join_time:.1?}, stop {stop_time:.1?}, down {down_time:.1?}, \
+         test {:.1?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The compose project; `Drop` takes it down (containers, pod, volumes) even on a panic, and
+/// shows the containers' logs first when the test failed.
+struct Stack {
+    script: PathBuf,
+    env: Vec<(&'static str, String)>,
+    dir: PathBuf,
+    up: bool,
+}
+
+impl Stack {
+    fn compose(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(&self.script)
+            .args(["compose", "-p", PROJECT])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("bash runs")
+    }
+
+    /// `podman ARGS` with container.sh's configuration.
+    fn podman(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg("-c")
+            .arg(r#"eval "$(bash "$0" env)" && exec podman "$@""#)
+            .arg(&self.script)
+            .args(args)
+            .output()
+            .expect("bash runs")
+    }
+
+    fn down(&mut self) {
+        if std::mem::take(&mut self.up) {
+            let down = self.compose(&["down", "-v", "-t", "5"]);
+            assert!(down.status.success(), "compose down: {}", text(&down));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.up {
+            if std::thread::panicking() {
+                let logs = self.compose(&["logs"]);
+                eprintln!("container logs:\n{}", text(&logs));
+            }
+            self.up = false;
+            let _ = self.compose(&["down", "-v", "-t", "5"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// docker/config/mixdown.toml as shipped, with `rtc.turn.urls` pointing at the test's coturn.
+/// It must parse and validate as Mixdown's own configuration.
+fn stack_config(path: &Path, turn_urls: &[String]) -> String {
+    let text = std::fs::read_to_string(path).expect("docker/config/mixdown.toml");
+    let mut table: toml::Table = toml::from_str(&text).expect("TOML");
+    let turn = table
+        .get_mut("rtc")
+        .and_then(|r| r.get_mut("turn"))
+        .and_then(|t| t.as_table_mut())
+        .expect("docker/config/mixdown.toml has [rtc.turn]");
+    turn.insert(
+        "urls".into(),
+        toml::Value::Array(
+            turn_urls
+                .iter()
+                .map(|u| toml::Value::String(u.clone()))
+                .collect(),
+        ),
+    );
+    let out = toml::to_string(&table).unwrap();
+    let mut parsed = mixdown::config::Config::from_toml(&out, "the container test's config")
+        .expect("the stack's configuration parses");
+    parsed.rtc.turn.secret = TURN_SECRET.into();
+    parsed
+        .validate()
+        .expect("the stack's configuration validates");
+    out
+}
+
+/// A token for `room` with key API_KEY (`roomJoin`, plus what `grant` adds).
+fn token(room: &str, who: &str, grant: impl FnOnce(&mut VideoGrant)) -> String {
+    let now = now_unix();
+    let mut video = VideoGrant {
+        room: room.into(),
+        room_join: true,
+        ..VideoGrant::default()
+    };
+    grant(&mut video);
+    mint(
+        &Claims {
+            iss: API_KEY.into(),
+            sub: who.into(),
+            name: who.into(),
+            nbf: Some(now - 1),
+            exp: now + 600,
+            video,
+        },
+        API_SECRET,
+    )
+}
+
+/// Whether something answers a STUN binding request on loopback `port` (UDP).
+async fn stun_answers(port: u16) -> bool {
+    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        return false;
+    };
+    // Binding request, no attributes, the magic cookie, a transaction id.
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"mixdown-test");
+    if socket.send_to(&request, ("127.0.0.1", port)).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await,
+        Ok(Ok(n)) if n >= 20 && buf[0..2] == [0x01, 0x01] && &buf[8..20] == b"mixdown-test"
+    )
+}
+
+/// The mean colour of the middle of the other participant's tile (the one that is not the
+/// page's own) in the composite the page plays, drawn to a canvas: `[r, g, b]` or null.
+fn canvas_probe() -> String {
+    r#"(() => {
+  const v = document.getElementById('composite');
+  const l = window.mixdown && window.mixdown.layout;
+  if (!v || !l || !v.videoWidth) return null;
+  const t = l.tiles.find((t) => t.id !== window.mixdown.id);
+  if (!t) return null;
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d');
+  g.drawImage(v, 0, 0);
+  const x = Math.round((t.x + t.w / 4) * c.width), y = Math.round((t.y + t.h / 4) * c.height);
+  const w = Math.max(1, Math.round(t.w / 2 * c.width)), h = Math.max(1, Math.round(t.h / 2 * c.height));
+  const d = g.getImageData(x, y, w, h).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+  const n = d.length / 4;
+  return sum.map((s) => s / n);
+})()"#
+        .into()
+}
+
+/// A short Y4M clip of one colour (Chromium loops it as its fake camera), BT.601 limited range.
+fn solid_y4m(width: usize, height: usize, rgb: [u8; 3]) -> Vec<u8> {
+    let [r, g, b] = rgb.map(|c| c as f32);
+    let y = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
+    let u = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round() as u8;
+    let v = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round() as u8;
+    let mut out = format!("YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n").into_bytes();
+    for _ in 0..10 {
+        out.extend_from_slice(b"FRAME\n");
+        out.extend(std::iter::repeat_n(y, width * height));
+        out.extend(std::iter::repeat_n(u, width * height / 4));
+        out.extend(std::iter::repeat_n(v, width * height / 4));
+    }
+    out
+}
+
+/// One second of a sine at `hz` (a whole number of cycles, so it loops cleanly): 48 kHz mono
+/// 16-bit PCM WAV, Chromium's fake microphone.
+fn tone_wav(hz: f32) -> Vec<u8> {
+    let rate = 48_000u32;
+    let samples: Vec<i16> = (0..rate)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            (0.3 * (2.0 * std::f32::consts::PI * hz * t).sin() * i16::MAX as f32) as i16
+        })
+        .collect();
+    let data_len = samples.len() as u32 * 2;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("container.sh setup could not run")
+        .to_owned()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A minimal DevTools client (as in webapp.rs): one browser connection, pages attached in
+/// flat mode.
+struct Cdp {
+    ws: tokio::sync::Mutex<Socket>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Cdp {
+    /// Connects to the Chromium whose profile is `profile` (it writes its DevTools port there).
+    async fn connect(profile: &Path) -> Self {
+        let port_file = profile.join("DevToolsActivePort");
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if text.lines().count() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut lines = text.lines();
+        let (port, path) = (
+            lines.next().expect("devtools port"),
+            lines.next().expect("devtools path"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
+            .await
+            .expect("devtools websocket");
+        Self {
+            ws: tokio::sync::Mutex::new(ws),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut ws = self.ws.lock().await;
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .expect("devtools connection open")
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["id"] == id {
+                    assert!(v.get("error").is_none(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// A new page that runs `script` before any of its own, then loads `url`; its session.
+    async fn open_with(&self, url: &str, script: &str) -> String {
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        let page = attached["sessionId"].as_str().unwrap().to_owned();
+        self.call(Some(&page), "Page.enable", json!({})).await;
+        self.call(
+            Some(&page),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": script}),
+        )
+        .await;
+        self.call(Some(&page), "Page.navigate", json!({"url": url}))
+            .await;
+        page
+    }
+
+    /// Evaluates `expr` in the page (awaiting promises) and returns its JSON value.
+    async fn eval(&self, page: &str, expr: &str) -> Value {
+        let r = self
+            .call(
+                Some(page),
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+}
