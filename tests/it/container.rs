@@ -342,13 +342,15 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
     .await;
     let last = last.into_inner().unwrap();
     println!("chromium's tile at the rust participant: {last}");
+    // Chromium's audio processing takes about 20 dB off its fake microphone's tone (measured
+    // -26 to -30 dB, steady over 24 s); the participant's own tone stays near -100 dB.
     wait_for(
         "the Rust participant hears Chromium's tone",
         LIMIT,
         || async {
             let audio = rust.received.recent_audio(48_000);
             audio.len() >= 24_000
-                && tone_db(&audio, CHROMIUM_TONE) > -35.0
+                && tone_db(&audio, CHROMIUM_TONE) > -40.0
                 && tone_db(&audio, CHROMIUM_TONE) - tone_db(&audio, RUST_TONE) >= 20.0
         },
     )
