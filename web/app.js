@@ -4,6 +4,8 @@
 // participant list with the audience count, a banner while the room is recorded or streamed,
 // chat, connection statistics and automatic reconnection. An access token in the address
 // (`?token=` or `#token=`) is removed from it at once and sent with `join` and API calls.
+// `?relay=1` sends all media through the TURN servers the server hands out (a check that
+// TURN works, or a network that should see only the relay).
 // Signalling is the JSON protocol over /ws described in docs/signalling.md.
 // window.mixdown mirrors the live state for automated tests.
 'use strict';
@@ -60,6 +62,8 @@ const apiHeaders = (extra = {}) => (accessToken ? { ...extra, Authorization: `Be
 const params = new URLSearchParams(location.search);
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const DEVICE_NAMES = { audio: 'microphone', video: 'camera' };
+// Media only through TURN relays (`?relay=1`).
+const RELAY_ONLY = params.get('relay') === '1';
 const MAX_ATTEMPTS = 12;   // reconnect attempts before giving up (about two minutes)
 const CHART_POINTS = 60;   // one point per second
 const CHART_COLORS = { in: '#4fd1c5', out: '#f6ad55' };
@@ -517,7 +521,8 @@ function onServerError({ code, message }) {
 // on a fresh connection, so the old one is closed.
 async function startPeer() {
   closePeer();
-  const pc = new RTCPeerConnection({ iceServers });
+  mixdown.iceServers = iceServers;
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: RELAY_ONLY ? 'relay' : 'all' });
   const p = (peer = { pc, offerIndex: -1, remoteSet: false, queued: [], outgoing: [], stream: new MediaStream() });
   for (const kind of ['audio', 'video']) {
     const track = localTrack(kind);

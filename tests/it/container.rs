@@ -43,16 +43,16 @@ const COLOUR_TOLERANCE: f32 = 48.0;
 /// Hang guard only.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs before the web app's own script: every `RTCPeerConnection` it makes is relay-only,
-/// and is kept (with the configuration it was given) for the test to inspect.
+/// Runs before the web app's own script: every `RTCPeerConnection` it makes is kept, with
+/// the configuration it was given, for the test to inspect (the app itself is made
+/// relay-only by `?relay=1`).
 const RELAY_ONLY: &str = r#"(() => {
   const Native = window.RTCPeerConnection;
   const seen = (window.__relay = { configs: [], pcs: [] });
   window.RTCPeerConnection = class extends Native {
     constructor(config = {}, ...rest) {
-      const relayed = { ...config, iceTransportPolicy: 'relay' };
-      super(relayed, ...rest);
-      seen.configs.push(JSON.parse(JSON.stringify(relayed)));
+      super(config, ...rest);
+      seen.configs.push(JSON.parse(JSON.stringify(config)));
       seen.pcs.push(this);
     }
   };
@@ -230,7 +230,7 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
     let page = cdp
         .open_with(
             &format!(
-                "{base}/?room={room}&name=Relay&autojoin=1&token={}",
+                "{base}/?room={room}&name=Relay&autojoin=1&relay=1&token={}",
                 token(room, "relay", |_| {})
             ),
             RELAY_ONLY,
@@ -276,6 +276,10 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
             "window.__relay.configs[window.__relay.configs.length - 1]",
         )
         .await;
+    assert_eq!(
+        config["iceTransportPolicy"], "relay",
+        "the app's ?relay=1: {config}"
+    );
     let turn = config["iceServers"]
         .as_array()
         .and_then(|s| {
