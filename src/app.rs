@@ -239,8 +239,17 @@ async fn drain_rooms(rooms: &RoomRegistry, limit: Duration) {
         "shutting down: draining (joins refused, calls told)"
     );
     let deadline = tokio::time::Instant::now() + limit;
+    // A second signal (Ctrl-C again) cuts the drain short.
+    let again = shutdown_signal();
+    tokio::pin!(again);
     while rooms.room_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut again => {
+                tracing::info!("second signal: closing the rooms now");
+                break;
+            }
+        }
     }
 }
 

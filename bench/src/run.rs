@@ -86,7 +86,9 @@ impl ServerProcess {
         std::fs::write(
             &config,
             format!(
-                "[server]\nhost = \"{host}\"\nhttp_port = {port}\n\
+                // No drain: dropping the process SIGTERMs it and waits 5 s at most, and
+                // a measurement's server has no callers to spare.
+                "[server]\nhost = \"{host}\"\nhttp_port = {port}\ndrain_s = 0\n\
                  [rtc]\nudp_port = {}\n\
                  [room]\nmax_participants = 200\n\
                  [video]\nwidth = {}\nheight = {}\n{extra}\n",
