@@ -514,7 +514,7 @@ async fn participant_stats_show_rates_decoding_and_the_tier() {
     let received = p["received_kbps"].as_f64().expect("received_kbps");
     assert!(received > 30.0, "{p}");
     let fps = p["decode_fps"].as_f64().expect("decode_fps");
-    assert!((12.0..=18.0).contains(&fps), "{p}");
+    assert!((10.0..=20.0).contains(&fps), "{p}");
     assert!(
         p["tier"].is_null(),
         "a publisher that receives nothing has no tier: {p}"
