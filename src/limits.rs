@@ -26,19 +26,28 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    /// Each counter by its name (`/healthz`'s `refused`, the metrics' `reason` label).
+    pub fn entries(&self) -> [(&'static str, u64); 9] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "unauthorized": g(&self.unauthorized),
-            "forbidden": g(&self.forbidden),
-            "rooms": g(&self.rooms),
-            "sessions_per_address": g(&self.sessions_per_address),
-            "participants": g(&self.participants),
-            "viewers": g(&self.viewers),
-            "candidates": g(&self.candidates),
-            "video_pixels": g(&self.video_pixels),
-            "http_header_timeouts": g(&self.http_header_timeouts),
-        })
+        [
+            ("unauthorized", g(&self.unauthorized)),
+            ("forbidden", g(&self.forbidden)),
+            ("rooms", g(&self.rooms)),
+            ("sessions_per_address", g(&self.sessions_per_address)),
+            ("participants", g(&self.participants)),
+            ("viewers", g(&self.viewers)),
+            ("candidates", g(&self.candidates)),
+            ("video_pixels", g(&self.video_pixels)),
+            ("http_header_timeouts", g(&self.http_header_timeouts)),
+        ]
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        self.entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 

@@ -160,7 +160,7 @@ pub struct Scrape {
     pub rooms: Vec<RoomInfo>,
     pub outputs: Vec<OutputInfo>,
     /// Refusals by limit, since start (`/healthz`'s `refused`).
-    pub refused: Vec<(String, u64)>,
+    pub refused: Vec<(&'static str, u64)>,
     /// Bytes in the recordings directory.
     pub recording_bytes: u64,
     pub process: Option<ProcessStats>,
@@ -463,7 +463,7 @@ mod tests {
         let p = ProcessStats::read().expect("/proc/self");
         assert!(p.resident_bytes > 1 << 20, "{p:?}");
         assert!(p.threads >= 1, "{p:?}");
-        let now = crate::turn::unix_now() as f64;
+        let now = crate::auth::now_unix() as f64;
         assert!(p.start_time_seconds > now - 3600.0 && p.start_time_seconds <= now + 1.0);
     }
 }

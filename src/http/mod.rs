@@ -154,25 +154,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus' text format. Like `/healthz` it needs no token: it holds
 /// aggregate numbers only, no room names, ids or addresses.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut scrape = crate::metrics::Scrape::default();
-    for name in state.rooms.room_names() {
-        let Ok(id) = RoomId::parse(&name) else {
-            continue;
-        };
-        // A room closing as it is asked is simply not counted.
-        if let Some(room) = state.rooms.get(&id)
-            && let Ok(info) = room.info().await
-        {
-            scrape.rooms.push(info);
-        }
-    }
+    let mut scrape = crate::metrics::Scrape {
+        rooms: state.rooms.room_infos().await,
+        ..Default::default()
+    };
     scrape.outputs = state.rooms.outputs().all();
-    if let serde_json::Value::Object(refused) = state.rooms.counters().snapshot() {
-        scrape.refused = refused
-            .into_iter()
-            .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
-            .collect();
-    }
+    scrape.refused = state.rooms.counters().entries().to_vec();
     let dir = state.rooms.config().recording.dir.clone();
     scrape.recording_bytes =
         tokio::task::spawn_blocking(move || crate::output::storage::usage(&dir))
@@ -341,7 +328,7 @@ async fn join(
         grants.identity.as_str()
     };
     let servers =
-        crate::turn::ice_servers(&state.rooms.config().rtc, identity, crate::turn::unix_now());
+        crate::turn::ice_servers(&state.rooms.config().rtc, identity, crate::auth::now_unix());
     for server in &servers {
         for url in &server.urls {
             let mut link = format!("<{url}>; rel=\"ice-server\"");
@@ -396,26 +383,30 @@ async fn participant_stats(
     State(state): State<AppState>,
     Path((room, session)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Body {
+        session: String,
+        name: String,
+        /// The quality label it receives (`"360p"`, `"audio only"`, …).
+        quality: Option<String>,
+        #[serde(flatten)]
+        stats: crate::room::ParticipantStats,
+    }
     let id = room_id(&room)?;
     let not_found = || ApiError::NotFound(format!("no participant {session} in room {id}"));
-    let handle = state.rooms.get(&id).ok_or_else(not_found)?;
-    let info = handle.info().await.map_err(|_| not_found())?;
+    let info = state.rooms.room_info(&id).await.ok_or_else(not_found)?;
     let p = info
         .participants
         .into_iter()
         .find(|p| p.session == session)
         .ok_or_else(not_found)?;
-    let mut body = serde_json::to_value(&p.stats).unwrap_or_default();
-    if let serde_json::Value::Object(m) = &mut body {
-        m.insert("session".into(), p.session.into());
-        m.insert("name".into(), p.name.into());
-        m.insert(
-            "quality".into(),
-            p.quality
-                .map_or(serde_json::Value::Null, |q| q.label.into()),
-        );
-    }
-    Ok(Json(body).into_response())
+    Ok(Json(Body {
+        session: p.session,
+        name: p.name,
+        quality: p.quality.map(|q| q.label),
+        stats: p.stats,
+    })
+    .into_response())
 }
 
 async fn room_info(
@@ -423,8 +414,10 @@ async fn room_info(
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = room_id(&room)?;
-    let not_found = || ApiError::NotFound(format!("no room {id}"));
-    let handle = state.rooms.get(&id).ok_or_else(not_found)?;
-    let info = handle.info().await.map_err(|_| not_found())?;
+    let info = state
+        .rooms
+        .room_info(&id)
+        .await
+        .ok_or_else(|| ApiError::NotFound(format!("no room {id}")))?;
     Ok(Json(info).into_response())
 }

@@ -261,7 +261,7 @@ impl Connection {
                 let ice_servers = crate::turn::ice_servers(
                     &self.state.rooms.config().rtc,
                     &identity,
-                    crate::turn::unix_now(),
+                    crate::auth::now_unix(),
                 );
                 self.send(ServerMessage::Welcome {
                     id: id.to_string(),

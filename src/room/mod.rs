@@ -413,6 +413,24 @@ impl RoomRegistry {
         self.inner.rooms().get(id).cloned()
     }
 
+    /// What the open room `id` reports now; `None` when it is not open (or closes as it is
+    /// asked).
+    pub async fn room_info(&self, id: &RoomId) -> Option<RoomInfo> {
+        self.get(id)?.info().await.ok()
+    }
+
+    /// What every open room reports now (rooms closing as they are asked are left out).
+    pub async fn room_infos(&self) -> Vec<RoomInfo> {
+        let handles: Vec<RoomHandle> = self.inner.rooms().values().cloned().collect();
+        let mut infos = Vec::with_capacity(handles.len());
+        for h in handles {
+            if let Ok(info) = h.info().await {
+                infos.push(info);
+            }
+        }
+        infos
+    }
+
     /// Starts a graceful shutdown: from now on joins are refused ([`RoomError::Draining`])
     /// and every [`draining`](Self::draining) watcher is told.
     pub fn begin_drain(&self) {

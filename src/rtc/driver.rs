@@ -332,8 +332,10 @@ pub(super) struct Driver {
     estimator: SharedEstimator,
     /// Media bytes sent, for the padding a probe adds.
     meter: RateMeter,
-    /// Media received from the peer (for its stats).
-    received: RateMeter,
+    /// Media bytes received from the peer (a plain count on the packet path), and the count
+    /// at the last few link reports, for its rate over about a second.
+    received: u64,
+    received_at: std::collections::VecDeque<(Instant, u64)>,
     /// Interarrival jitter of our streams, from the peer's reports.
     jitter_ms: Option<f64>,
     /// While a probe runs: when to send the next padding, and when the last went.
@@ -459,7 +461,8 @@ impl Driver {
             rtp_out: Vec::with_capacity(16),
             estimator,
             meter: RateMeter::default(),
-            received: RateMeter::default(),
+            received: 0,
+            received_at: Default::default(),
             jitter_ms: None,
             probe_tick: None,
             last_pad: now,
@@ -846,8 +849,7 @@ impl Driver {
     }
 
     fn rtp(&mut self, track_id: String, packet: ::rtc::rtp::Packet) {
-        self.received
-            .add(Instant::now(), packet.payload.len() + RTP_HEADER);
+        self.received += (packet.payload.len() + RTP_HEADER) as u64;
         self.io
             .transport
             .router
@@ -1152,9 +1154,25 @@ impl Driver {
         self.write_rtp_unmetered(sender);
     }
 
+    /// Media received over about the last second (bit/s), from the counts at the last five
+    /// reports (250 ms apart).
+    fn received_bps(&mut self, now: Instant) -> f64 {
+        self.received_at.push_back((now, self.received));
+        while self.received_at.len() > 5 {
+            self.received_at.pop_front();
+        }
+        match (self.received_at.front(), self.received_at.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                (b1 - b0) as f64 * 8.0 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Tells the room what the link carries now.
     fn report(&mut self, now: Instant) {
         self.next_report = now + LINK_REPORT_INTERVAL;
+        let received_bps = self.received_bps(now);
         let Ok(mut e) = self.estimator.0.lock() else {
             return;
         };
@@ -1173,7 +1191,7 @@ impl Driver {
             rtt_ms: self.rtt_ms,
             queue_ms: e.queue_ms(),
             sent_bps: self.meter.bps(now),
-            received_bps: self.received.bps(now),
+            received_bps,
             jitter_ms: self.jitter_ms,
             probe: outcome.map(|o| matches!(o, ProbeOutcome::Succeeded { .. })),
         };

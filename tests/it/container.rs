@@ -11,16 +11,14 @@
 //! podman-compose, the Debian base image: cached in /var/tmp/mixdown-podman afterwards);
 //! without them it prints `SKIPPED: <reason>` and passes.
 
+use crate::common::cdp::Cdp;
 use crate::common::client::{Client, ClientOptions};
 use crate::common::{CHROMIUM, CHROMIUM_FLAGS, close_to, init_logging, tone_db, wait_for};
-use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use mixdown::auth::{Claims, VideoGrant, mint, now_unix};
+use mixdown::auth::{VideoGrant, mint, now_unix};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Loopback ports of the stack, apart from the other tests' (21000 upwards) and outside the
 /// kernel's ephemeral range.
@@ -302,14 +300,11 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
         (3500..=3600).contains(&ttl),
         "{username}: valid for {ttl} s"
     );
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-        TURN_SECRET.as_bytes(),
+    crate::deploy::assert_turn_password(
+        TURN_SECRET,
+        username,
+        turn["credential"].as_str().unwrap_or_default(),
     );
-    let tag = base64::engine::general_purpose::STANDARD
-        .decode(turn["credential"].as_str().unwrap_or_default())
-        .expect("a base64 credential");
-    ring::hmac::verify(&key, username.as_bytes(), &tag).expect("the credential verifies");
     assert!(!config.to_string().contains(TURN_SECRET));
 
     // What each sees and hears. The web app's layout names Chromium's tile (fractions of the
@@ -536,22 +531,8 @@ fn stack_config(path: &Path, turn_urls: &[String]) -> String {
 
 /// A token for `room` with key API_KEY (`roomJoin`, plus what `grant` adds).
 fn token(room: &str, who: &str, grant: impl FnOnce(&mut VideoGrant)) -> String {
-    let now = now_unix();
-    let mut video = VideoGrant {
-        room: room.into(),
-        room_join: true,
-        ..VideoGrant::default()
-    };
-    grant(&mut video);
     mint(
-        &Claims {
-            iss: API_KEY.into(),
-            sub: who.into(),
-            name: who.into(),
-            nbf: Some(now - 1),
-            exp: now + 600,
-            video,
-        },
+        &crate::security::claims_for(API_KEY, who, who, room, grant),
         API_SECRET,
     )
 }
@@ -659,104 +640,4 @@ fn last_line(bytes: &[u8]) -> String {
         .rfind(|l| !l.trim().is_empty())
         .unwrap_or("container.sh setup could not run")
         .to_owned()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A minimal DevTools client (as in webapp.rs): one browser connection, pages attached in
-/// flat mode.
-struct Cdp {
-    ws: tokio::sync::Mutex<Socket>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Cdp {
-    /// Connects to the Chromium whose profile is `profile` (it writes its DevTools port there).
-    async fn connect(profile: &Path) -> Self {
-        let port_file = profile.join("DevToolsActivePort");
-        let mut text = String::new();
-        for _ in 0..100 {
-            text = std::fs::read_to_string(&port_file).unwrap_or_default();
-            if text.lines().count() >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut lines = text.lines();
-        let (port, path) = (
-            lines.next().expect("devtools port"),
-            lines.next().expect("devtools path"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
-            .await
-            .expect("devtools websocket");
-        Self {
-            ws: tokio::sync::Mutex::new(ws),
-            next: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-
-    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        let mut ws = self.ws.lock().await;
-        ws.send(Message::Text(msg.to_string().into()))
-            .await
-            .unwrap();
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method}"))
-                .expect("devtools connection open")
-                .unwrap();
-            if let Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method}: {v}");
-                    return v["result"].clone();
-                }
-            }
-        }
-    }
-
-    /// A new page that runs `script` before any of its own, then loads `url`; its session.
-    async fn open_with(&self, url: &str, script: &str) -> String {
-        let target = self
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
-            .await;
-        let attached = self
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await;
-        let page = attached["sessionId"].as_str().unwrap().to_owned();
-        self.call(Some(&page), "Page.enable", json!({})).await;
-        self.call(
-            Some(&page),
-            "Page.addScriptToEvaluateOnNewDocument",
-            json!({"source": script}),
-        )
-        .await;
-        self.call(Some(&page), "Page.navigate", json!({"url": url}))
-            .await;
-        page
-    }
-
-    /// Evaluates `expr` in the page (awaiting promises) and returns its JSON value.
-    async fn eval(&self, page: &str, expr: &str) -> Value {
-        let r = self
-            .call(
-                Some(page),
-                "Runtime.evaluate",
-                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        r["result"]["value"].clone()
-    }
 }

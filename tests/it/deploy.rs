@@ -14,22 +14,22 @@ fn check_turn(username: &str, credential: &str, identity: &str, ttl: u64) {
     let (expiry, who) = username.split_once(':').expect("<expiry>:<identity>");
     assert_eq!(who, identity, "{username}");
     let expiry: u64 = expiry.parse().expect("Unix seconds");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = mixdown::auth::now_unix();
     assert!(
         expiry >= now + ttl - 10 && expiry <= now + ttl + 1,
         "expires at {expiry}, now {now}, ttl {ttl}"
     );
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-        TURN_SECRET.as_bytes(),
-    );
+    assert_turn_password(TURN_SECRET, username, credential);
+}
+
+/// `credential` is coturn's REST-API password for `username` under `secret`: the base64
+/// HMAC-SHA1 of the username (checked apart from the server's own code path).
+pub(crate) fn assert_turn_password(secret: &str, username: &str, credential: &str) {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
     let tag = base64::engine::general_purpose::STANDARD
         .decode(credential)
-        .expect("base64");
-    ring::hmac::verify(&key, username.as_bytes(), &tag).expect("the HMAC verifies");
+        .expect("a base64 credential");
+    ring::hmac::verify(&key, username.as_bytes(), &tag).expect("the credential verifies");
 }
 
 /// `Link` headers of a WHIP answer and WebSocket welcomes hand out TURN credentials that

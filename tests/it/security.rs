@@ -22,6 +22,18 @@ fn secured() -> Config {
 }
 
 fn claims(room: &str, grant: impl FnOnce(&mut VideoGrant)) -> Claims {
+    claims_for(KEY, "ada", "Ada", room, grant)
+}
+
+/// Claims under API key `key` for `sub` (shown as `name`) in `room`: `roomJoin`, plus what
+/// `grant` adds; valid from a second ago for ten minutes.
+pub(crate) fn claims_for(
+    key: &str,
+    sub: &str,
+    name: &str,
+    room: &str,
+    grant: impl FnOnce(&mut VideoGrant),
+) -> Claims {
     let now = now_unix();
     let mut video = VideoGrant {
         room: room.into(),
@@ -30,9 +42,9 @@ fn claims(room: &str, grant: impl FnOnce(&mut VideoGrant)) -> Claims {
     };
     grant(&mut video);
     Claims {
-        iss: KEY.into(),
-        sub: "ada".into(),
-        name: "Ada".into(),
+        iss: key.into(),
+        sub: sub.into(),
+        name: name.into(),
         nbf: Some(now - 1),
         exp: now + 600,
         video,
@@ -158,6 +170,24 @@ fn entry_points(room: &str) -> Vec<(&'static str, String, &'static str, String)>
         ("GET", format!("/hls/{room}/index.m3u8"), "", none.clone()),
         ("GET", "/api/rooms".into(), "", none),
     ]
+}
+
+/// `POST /api/rooms/{room}/recordings` for a WebM recording (with `token`, if any): the
+/// status, the headers and the JSON body.
+async fn record_webm(
+    server: &TestServer,
+    room: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    call(
+        server,
+        "POST",
+        &format!("/api/rooms/{room}/recordings"),
+        "application/json",
+        r#"{"format":"webm"}"#.into(),
+        token,
+    )
+    .await
 }
 
 async fn call(
@@ -291,15 +321,7 @@ async fn grants_are_enforced_and_ids_are_not_capabilities() {
         .to_owned();
     let member = token(room, |_| {});
     // A participant without roomRecord cannot record; without roomAdmin cannot kick.
-    let (status, _, body) = call(
-        &server,
-        "POST",
-        &format!("/api/rooms/{room}/recordings"),
-        "application/json",
-        r#"{"format":"webm"}"#.into(),
-        Some(&member),
-    )
-    .await;
+    let (status, _, body) = record_webm(&server, room, Some(&member)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].as_str().unwrap().contains("roomRecord"));
     let kick = format!("/api/rooms/{room}/participants/{public}");
@@ -384,15 +406,7 @@ async fn participants_are_told_of_recordings_streams_and_viewers() {
     // A WHEP viewer is counted; a recording and HLS are announced, and their end too.
     let viewer = Client::join(&server.url(""), room, ClientOptions::viewer()).await;
     seen("viewers", |m| m["count"] == 1).await;
-    let (status, _, rec) = call(
-        &server,
-        "POST",
-        &format!("/api/rooms/{room}/recordings"),
-        "application/json",
-        r#"{"format":"webm"}"#.into(),
-        None,
-    )
-    .await;
+    let (status, _, rec) = record_webm(&server, room, None).await;
     assert_eq!(status, 201, "{rec}");
     seen("recording", |m| m["active"] == true && m["count"] == 1).await;
     let (status, _, _) = call(
@@ -851,15 +865,7 @@ async fn the_recording_quota_and_retention_bound_the_disk() {
         ClientOptions::participant(RED.0, 500.0),
     )
     .await;
-    let (status, _, rec) = call(
-        &server,
-        "POST",
-        &format!("/api/rooms/{room}/recordings"),
-        "application/json",
-        r#"{"format":"webm"}"#.into(),
-        None,
-    )
-    .await;
+    let (status, _, rec) = record_webm(&server, room, None).await;
     assert_eq!(status, 201, "{rec}");
     let id = rec["id"].as_str().unwrap().to_owned();
     // The recording stops itself once the directory holds the megabyte.
@@ -884,15 +890,7 @@ async fn the_recording_quota_and_retention_bound_the_disk() {
     assert!((20_000..1_000_000).contains(&size), "{size} bytes");
     assert!(last["duration_s"].as_f64().unwrap() > 0.5, "{last}");
     // A new recording is refused while the directory is over its quota; the room goes on.
-    let (status, _, body) = call(
-        &server,
-        "POST",
-        &format!("/api/rooms/{room}/recordings"),
-        "application/json",
-        r#"{"format":"webm"}"#.into(),
-        None,
-    )
-    .await;
+    let (status, _, body) = record_webm(&server, room, None).await;
     assert_eq!(status, 507, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("quota_mb"),

@@ -5,83 +5,18 @@
 //! token link joins (and leaves the address bar at once), a bad one is refused on the page, and
 //! the page shows the room's recording and its audience.
 
+use crate::common::cdp::Cdp;
 use crate::common::client::{Client, ClientOptions};
 use crate::common::{
     CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, wait_for,
 };
-use futures_util::{SinkExt, StreamExt};
-use mixdown::auth::{Claims, VideoGrant, mint, now_unix};
+use mixdown::auth::{VideoGrant, mint};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(40);
 /// Where the screenshot goes (kept after the test as a build artefact).
 const SCREENSHOT: &str = "target/artefacts/webapp-room.png";
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A minimal DevTools client: one browser connection, pages attached in flat mode.
-struct Cdp {
-    ws: tokio::sync::Mutex<Socket>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Cdp {
-    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        let mut ws = self.ws.lock().await;
-        ws.send(Message::Text(msg.to_string().into()))
-            .await
-            .unwrap();
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method}"))
-                .expect("devtools connection open")
-                .unwrap();
-            if let Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method}: {v}");
-                    return v["result"].clone();
-                }
-            }
-        }
-    }
-
-    /// Opens `url` in a new page; returns its session.
-    async fn open(&self, url: &str) -> String {
-        let target = self
-            .call(None, "Target.createTarget", json!({"url": url}))
-            .await;
-        let attached = self
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await;
-        attached["sessionId"].as_str().unwrap().to_owned()
-    }
-
-    /// Evaluates `expr` in the page (awaiting promises) and returns its JSON value.
-    async fn eval(&self, page: &str, expr: &str) -> Value {
-        let r = self
-            .call(
-                Some(page),
-                "Runtime.evaluate",
-                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        r["result"]["value"].clone()
-    }
-}
 
 async fn start_chromium(profile: &std::path::Path) -> (tokio::process::Child, Cdp) {
     assert!(
@@ -98,31 +33,8 @@ async fn start_chromium(profile: &std::path::Path) -> (tokio::process::Child, Cd
         .kill_on_drop(true)
         .spawn()
         .expect("chromium starts");
-    // Chromium writes its DevTools port and browser path here once it listens.
-    let port_file = profile.join("DevToolsActivePort");
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(&port_file).unwrap_or_default();
-        if text.lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut lines = text.lines();
-    let (port, path) = (
-        lines.next().expect("devtools port"),
-        lines.next().expect("devtools path"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
-        .await
-        .expect("devtools websocket");
-    (
-        child,
-        Cdp {
-            ws: tokio::sync::Mutex::new(ws),
-            next: std::sync::atomic::AtomicU64::new(1),
-        },
-    )
+    let cdp = Cdp::connect(profile).await;
+    (child, cdp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,21 +267,7 @@ const SECRET: &str = "a-webapp-test-secret-of-at-least-32-bytes";
 
 /// A token for `room` in `name`'s name (`roomJoin`, plus whatever `grant` adds).
 fn token(room: &str, name: &str, grant: impl FnOnce(&mut VideoGrant)) -> String {
-    let now = now_unix();
-    let mut video = VideoGrant {
-        room: room.into(),
-        room_join: true,
-        ..VideoGrant::default()
-    };
-    grant(&mut video);
-    let claims = Claims {
-        iss: KEY.into(),
-        sub: name.to_lowercase(),
-        name: name.into(),
-        nbf: Some(now - 1),
-        exp: now + 600,
-        video,
-    };
+    let claims = crate::security::claims_for(KEY, &name.to_lowercase(), name, room, grant);
     mint(&claims, SECRET)
 }
 

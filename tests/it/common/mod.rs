@@ -3,6 +3,7 @@
 //! what they receive, and the measurements a person would make: colours in tiles, tones in the
 //! audio.
 
+pub mod cdp;
 pub mod media_file;
 pub use mixdown_bench::netns;
 pub mod webrtcbin;
@@ -88,7 +89,7 @@ impl TestServer {
     /// server's tokens and TLS).
     pub async fn room_info(&self, room: &str) -> Option<serde_json::Value> {
         let id = mixdown::ids::RoomId::parse(room).ok()?;
-        let info = self.state.rooms.get(&id)?.info().await.ok()?;
+        let info = self.state.rooms.room_info(&id).await?;
         serde_json::to_value(info).ok()
     }
 
