@@ -58,7 +58,21 @@ pub fn sdp_offer(data: &[u8]) {
         let receivable = summary.receivable_video_codecs();
         assert!(receivable.is_empty() || summary.receives_video());
         // Only usable sections are kept.
-        assert!(summary.audio.as_ref().is_none_or(|a| a.has_opus()));
+        assert!(
+            summary
+                .audio
+                .as_ref()
+                .is_none_or(|a| !a.audio_codecs().is_empty())
+        );
+        assert_eq!(
+            summary.audio_send_codec().is_some(),
+            summary.receives_audio()
+        );
+        // The answer rewriting, with the offer standing in for webrtc-rs' answer.
+        let finished = crate::sdp::finish_answer(&summary, &text, &text);
+        for r in &summary.refused {
+            assert!(finished.contains(&format!("a=mid:{}", r.mid)), "{finished}");
+        }
         assert!(
             summary
                 .video
@@ -71,7 +85,7 @@ pub fn sdp_offer(data: &[u8]) {
                 assert!(!codecs[..i].contains(c), "repeated codec {c}");
             }
             for c in &section.codecs {
-                let _ = (c.video_codec(), c.is_opus());
+                let _ = (c.video_codec(), c.audio_codec(), c.is_opus());
                 let kind = if c.is_opus() { "audio" } else { "video" };
                 let _ = crate::rtc::codecs::track_kind(&format!("{kind}/{}", c.name));
             }
@@ -84,6 +98,8 @@ pub fn sdp_offer(data: &[u8]) {
             }
         }
     }
+    let completed = crate::sdp::complete_static_rtpmaps(&text);
+    assert!(completed.lines().count() >= text.lines().count());
     let max = crate::rtc::MAX_REMOTE_CANDIDATES;
     let (limited, kept) = crate::rtc::limit_candidates(&text, max);
     assert!(kept <= max);

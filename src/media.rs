@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// A video codec Mixdown decodes and encodes (`"vp8"`, `"h264"` in configuration).
+/// A video codec Mixdown decodes and encodes (`"vp8"`, `"h264"`, `"vp9"` in configuration).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -14,6 +14,8 @@ use std::time::Duration;
 pub enum VideoCodec {
     Vp8,
     H264,
+    /// Profile 0 (8-bit 4:2:0), the one every WebRTC endpoint that has VP9 decodes.
+    Vp9,
 }
 
 impl VideoCodec {
@@ -22,7 +24,53 @@ impl VideoCodec {
         match self {
             VideoCodec::Vp8 => "VP8",
             VideoCodec::H264 => "H264",
+            VideoCodec::Vp9 => "VP9",
         }
+    }
+}
+
+/// An audio codec Mixdown decodes into its 48 kHz mix and encodes the mix in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioCodec {
+    Opus,
+    /// G.711 µ-law, 8 kHz (static payload type 0).
+    Pcmu,
+    /// G.711 A-law, 8 kHz (static payload type 8).
+    Pcma,
+}
+
+impl AudioCodec {
+    /// The RTP encoding name (as in `a=rtpmap`).
+    pub fn encoding_name(self) -> &'static str {
+        match self {
+            AudioCodec::Opus => "opus",
+            AudioCodec::Pcmu => "PCMU",
+            AudioCodec::Pcma => "PCMA",
+        }
+    }
+
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            AudioCodec::Opus => 48000,
+            AudioCodec::Pcmu | AudioCodec::Pcma => 8000,
+        }
+    }
+
+    /// The codec of an audio RTP packet of payload type `pt`: G.711's payload types are
+    /// static (RFC 3551), and Opus is the only dynamic audio codec Mixdown negotiates.
+    pub fn from_payload_type(pt: u8) -> Self {
+        match pt {
+            0 => AudioCodec::Pcmu,
+            8 => AudioCodec::Pcma,
+            _ => AudioCodec::Opus,
+        }
+    }
+}
+
+impl std::fmt::Display for AudioCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encoding_name())
     }
 }
 
@@ -241,6 +289,7 @@ pub const PLI_QUEUE: usize = 1;
 pub struct RtpView<'a> {
     /// The last packet of a frame (video) or the first of a talkspurt (audio).
     pub marker: bool,
+    pub payload_type: u8,
     pub sequence: u16,
     pub timestamp: u32,
     pub payload: &'a [u8],
@@ -272,6 +321,7 @@ pub fn parse_rtp(packet: &[u8]) -> Option<RtpView<'_>> {
     }
     Some(RtpView {
         marker: packet[1] & 0x80 != 0,
+        payload_type: packet[1] & 0x7f,
         sequence,
         timestamp,
         payload: &packet[start..end],
@@ -292,6 +342,7 @@ mod tests {
         p.extend_from_slice(b"opus");
         let v = parse_rtp(&p).unwrap();
         assert_eq!(v.sequence, 0x1234);
+        assert_eq!(v.payload_type, 111);
         assert_eq!(v.timestamp, 960);
         assert_eq!(v.payload, b"opus");
         assert!(!v.marker);

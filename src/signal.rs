@@ -317,6 +317,10 @@ pub enum ServerMessage {
         text: String,
         time: String,
     },
+    /// Sections of the participant's offer its answer refused (sent when it joins).
+    Refused {
+        sections: Vec<crate::sdp::Refused>,
+    },
     /// Recordings of the room running (sent on every change, and on joining when any runs).
     Recording {
         active: bool,

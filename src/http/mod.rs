@@ -5,6 +5,7 @@
 //! touches media.
 
 mod access;
+mod datachannel;
 mod error;
 mod layout;
 mod outputs;
@@ -29,6 +30,9 @@ use tower_http::cors::{Any, CorsLayer};
 
 /// Largest accepted SDP offer.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Response header of a WHIP/WHEP answer that refused sections of the offer: a JSON list of
+/// `{"mid", "kind", "codecs", "reason"}` (the WebSocket sends a `refused` message instead).
+pub const REFUSED_HEADER: &str = "mixdown-refused";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -51,7 +55,12 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
             header::IF_MATCH,
         ])
-        .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+        .expose_headers([
+            header::LOCATION,
+            header::LINK,
+            header::ETAG,
+            header::HeaderName::from_static(REFUSED_HEADER),
+        ]);
     let guarded =
         |need: Need| axum::middleware::from_fn_with_state((state.clone(), need), access::guard);
     let rooms = Router::new()
@@ -296,10 +305,30 @@ async fn join(
     {
         options.name = name.chars().take(crate::signal::MAX_NAME_CHARS).collect();
     }
+    // An offer with a data channel section: the room's messages go on the `mixdown` channel.
+    let channel = summary
+        .data_channel
+        .is_some()
+        .then(datachannel::DataChannel::new);
+    let channel = channel.map(|c| {
+        options.events = Some(c.events);
+        options.data = Some(crate::room::DataSlot::new(c.pipe));
+        c.ends
+    });
+    let refused = summary.refused.clone();
     let answer = state
         .rooms
         .join(&room, role, offer, summary, options, create)
         .await?;
+    if let Some(ends) = channel {
+        tokio::spawn(datachannel::serve(
+            state.clone(),
+            room.clone(),
+            answer.session,
+            grants.clone(),
+            ends,
+        ));
+    }
     crate::metrics::METRICS
         .join_seconds
         .observe(arrived.elapsed().as_secs_f64());
@@ -320,6 +349,15 @@ async fn join(
     );
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
+    }
+    // What the answer refused (each section's mid, kind and reason), for clients that
+    // cannot tell from the SDP why a section carries nothing.
+    if !refused.is_empty()
+        && let Ok(v) = serde_json::to_string(&refused)
+            .map_err(|_| ())
+            .and_then(|j| HeaderValue::from_str(&j).map_err(|_| ()))
+    {
+        h.insert(REFUSED_HEADER, v);
     }
     // TURN credentials name the token's identity, or the session for a tokenless caller.
     let identity = if grants.identity.is_empty() {

@@ -157,7 +157,7 @@ async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket) {
     let _ = writer.await;
 }
 
-fn room_error(e: RoomError) -> SignalError {
+pub(super) fn room_error(e: RoomError) -> SignalError {
     let code = match &e {
         RoomError::Full { .. } | RoomError::TooManyViewers { .. } | RoomError::TooManyRooms(_) => {
             ErrorCode::RoomFull
@@ -175,7 +175,7 @@ fn room_error(e: RoomError) -> SignalError {
     SignalError::new(code, e.to_string())
 }
 
-fn denied(state: &AppState, d: Denied) -> SignalError {
+pub(super) fn denied(state: &AppState, d: Denied) -> SignalError {
     super::access::count_refusal(state, &d);
     let code = match d {
         Denied::Unauthenticated(_) => ErrorCode::Unauthorized,
@@ -303,6 +303,7 @@ impl Connection {
                         id,
                         name: j.name.clone(),
                         events: Some(self.out.clone()),
+                        data: None,
                         max_tier: 0,
                         hidden: false,
                         slot: self.slot.clone(),

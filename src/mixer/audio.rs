@@ -10,14 +10,19 @@
 //! and entering it mid-sound (replacing a quieter voice), fades over two frames
 //! ([`dsp::fade`]); a voice that starts after silence enters from its onset at full gain.
 //!
+//! Sources and listeners may speak G.711 (PCMU, PCMA) instead of Opus: a G.711 packet is
+//! decoded and upsampled into the 48 kHz mix ([`super::g711`]), and a G.711 listener's mix is
+//! downsampled and encoded back; the full mix is encoded once per codec some listener needs.
+//!
 //! It never blocks on a listener: a full listener queue drops that listener's frame.
 
 use crate::ids::SessionId;
-use crate::media::{EncodedFrame, RtpSink, SharedRtpSink, parse_rtp};
+use crate::media::{AudioCodec, EncodedFrame, RtpSink, SharedRtpSink, parse_rtp};
 use crate::mixer::dsp::{
     self, FRAME_SAMPLES, SAMPLE_RATE, SeqTracker, SeqVerdict, SourceFifo, VoiceActivity, mix_minus,
     rms,
 };
+use crate::mixer::g711::{self, Downsampler, Law, Upsampler};
 use crate::room::speakers::{SILENCE_DBOV, SpeakerSelector, rms_dbov};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -49,6 +54,7 @@ enum Control {
     RemoveSource(SessionId),
     AddListener {
         id: SessionId,
+        codec: AudioCodec,
         tx: mpsc::Sender<EncodedFrame>,
     },
     RemoveListener(SessionId),
@@ -156,13 +162,15 @@ impl AudioMixerHandle {
         let _ = self.send(Control::RemoveSource(id)).await;
     }
 
-    /// A listener hears everyone but the source with its own id (if it is one).
+    /// A listener hears everyone but the source with its own id (if it is one), encoded
+    /// as `codec`.
     pub async fn add_listener(
         &self,
         id: SessionId,
+        codec: AudioCodec,
     ) -> Result<mpsc::Receiver<EncodedFrame>, AudioError> {
         let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
-        self.send(Control::AddListener { id, tx }).await?;
+        self.send(Control::AddListener { id, codec, tx }).await?;
         Ok(rx)
     }
 
@@ -187,8 +195,147 @@ impl AudioMixerHandle {
     }
 }
 
+/// Decodes one source's packets into 48 kHz, each by its payload type: G.711's are static
+/// (0 PCMU, 8 PCMA), anything else is Opus, the one dynamic audio codec Mixdown negotiates.
+struct SourceDecoder {
+    opus: opus::Decoder,
+    /// The G.711 law of the last G.711 packet, and the upsampler that carries on across them.
+    g711: Option<(Law, Upsampler)>,
+    /// The codec of the last packet, for concealment.
+    last: AudioCodec,
+    pcm8k: Vec<f32>,
+    pcm48k: Vec<f32>,
+}
+
+impl SourceDecoder {
+    fn new() -> Result<Self, opus::Error> {
+        Ok(Self {
+            opus: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
+            g711: None,
+            last: AudioCodec::Opus,
+            pcm8k: Vec::with_capacity(FRAME_SAMPLES),
+            pcm48k: Vec::with_capacity(MAX_DECODED),
+        })
+    }
+
+    /// Decodes one packet's payload into `out`; the number of samples written.
+    fn decode(&mut self, payload_type: u8, payload: &[u8], out: &mut [f32]) -> Option<usize> {
+        self.last = AudioCodec::from_payload_type(payload_type);
+        let Some(law) = Law::from_payload_type(payload_type) else {
+            return self
+                .opus
+                .decode_float(payload, out, false)
+                .map_err(|e| tracing::trace!("opus decode: {e}"))
+                .ok();
+        };
+        self.pcm8k.clear();
+        // At most what fits: 120 ms, as for Opus.
+        let take = payload.len().min(out.len() / g711::RATIO);
+        g711::decode(law, &payload[..take], &mut self.pcm8k);
+        Some(self.upsample(law, out))
+    }
+
+    /// A lost packet: Opus conceals it; G.711 has no concealment, so 20 ms of silence
+    /// (through the upsampler, which ends the last sound smoothly).
+    fn conceal(&mut self, out: &mut [f32]) -> Option<usize> {
+        match (self.last, &self.g711) {
+            (AudioCodec::Opus, _) | (_, None) => self.opus.decode_float(&[], out, false).ok(),
+            (_, Some((law, _))) => {
+                let law = *law;
+                self.pcm8k.clear();
+                self.pcm8k.resize(FRAME_SAMPLES / g711::RATIO, 0.0);
+                Some(self.upsample(law, out))
+            }
+        }
+    }
+
+    fn upsample(&mut self, law: Law, out: &mut [f32]) -> usize {
+        let up = match &mut self.g711 {
+            Some((l, up)) if *l == law => up,
+            slot => &mut slot.insert((law, Upsampler::new())).1,
+        };
+        self.pcm48k.clear();
+        up.process(&self.pcm8k, &mut self.pcm48k);
+        let n = self.pcm48k.len().min(out.len());
+        out[..n].copy_from_slice(&self.pcm48k[..n]);
+        n
+    }
+
+    fn reset(&mut self) {
+        let _ = self.opus.reset_state();
+        if let Some((_, up)) = self.g711.as_mut() {
+            up.reset();
+        }
+    }
+}
+
+/// Encodes a listener's (or the shared) mix in its codec.
+enum MixEncoder {
+    Opus(opus::Encoder),
+    G711 {
+        law: Law,
+        down: Downsampler,
+        pcm8k: Vec<f32>,
+        bytes: Vec<u8>,
+    },
+}
+
+impl MixEncoder {
+    fn new(codec: AudioCodec, bitrate_kbps: u32, loss: u8) -> Result<Self, opus::Error> {
+        let law = match codec {
+            AudioCodec::Opus => return new_encoder(bitrate_kbps, loss).map(MixEncoder::Opus),
+            AudioCodec::Pcmu => Law::Mu,
+            AudioCodec::Pcma => Law::A,
+        };
+        Ok(MixEncoder::G711 {
+            law,
+            down: Downsampler::new(),
+            pcm8k: Vec::with_capacity(FRAME_SAMPLES / g711::RATIO),
+            bytes: Vec::with_capacity(FRAME_SAMPLES / g711::RATIO),
+        })
+    }
+
+    /// One 20 ms frame of 48 kHz audio, encoded.
+    fn encode(&mut self, pcm: &[f32], buf: &mut [u8]) -> Result<Bytes, String> {
+        match self {
+            MixEncoder::Opus(e) => {
+                let n = e.encode_float(pcm, buf).map_err(|e| e.to_string())?;
+                Ok(Bytes::copy_from_slice(&buf[..n]))
+            }
+            MixEncoder::G711 {
+                law,
+                down,
+                pcm8k,
+                bytes,
+            } => {
+                pcm8k.clear();
+                down.process(pcm, pcm8k);
+                bytes.clear();
+                g711::encode(*law, pcm8k, bytes);
+                Ok(Bytes::copy_from_slice(bytes))
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            MixEncoder::Opus(e) => {
+                let _ = e.reset_state();
+            }
+            MixEncoder::G711 { down, .. } => down.reset(),
+        }
+    }
+
+    /// In-band FEC for `percent` loss (Opus; G.711 has none).
+    fn set_loss(&mut self, percent: u8) {
+        if let MixEncoder::Opus(e) = self {
+            let _ = e.set_packet_loss_perc(percent.into());
+        }
+    }
+}
+
 struct Source {
-    decoder: opus::Decoder,
+    decoder: SourceDecoder,
     seq: SeqTracker,
     fifo: SourceFifo,
     /// This tick's frame, scaled by the source's gain.
@@ -218,9 +365,10 @@ impl Source {
 
 struct Listener {
     tx: mpsc::Sender<EncodedFrame>,
+    codec: AudioCodec,
     /// Its own encoder while it is also a source (its mix differs from everyone else's when
     /// it speaks).
-    encoder: Option<opus::Encoder>,
+    encoder: Option<MixEncoder>,
     /// Whether the last frame came from `encoder` (false: the shared full mix). Switching
     /// back to the own encoder resets it, so it never continues from stale state.
     own_last: bool,
@@ -236,7 +384,8 @@ struct Mixer {
     target: usize,
     sources: HashMap<SessionId, Source>,
     listeners: HashMap<SessionId, Listener>,
-    full_encoder: Option<opus::Encoder>,
+    /// The shared full mix's encoder per codec.
+    full_encoders: HashMap<AudioCodec, MixEncoder>,
     /// The worst loss among the listeners of the shared full mix (its FEC is sized for it).
     full_loss: u8,
     full: Vec<f32>,
@@ -263,7 +412,7 @@ const MAX_FEC_LOSS: u8 = 30;
 impl Mixer {
     fn handle_control(&mut self, c: Control) {
         match c {
-            Control::AddSource(id) => match opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) {
+            Control::AddSource(id) => match SourceDecoder::new() {
                 Ok(decoder) => {
                     self.sources.insert(
                         id,
@@ -285,7 +434,7 @@ impl Mixer {
                     );
                     self.selector.handle_add(id);
                     if let Some(l) = self.listeners.get_mut(&id) {
-                        l.encoder = new_encoder(self.bitrate_kbps, l.loss).ok();
+                        l.encoder = MixEncoder::new(l.codec, self.bitrate_kbps, l.loss).ok();
                     }
                 }
                 Err(e) => tracing::error!(session = %id, "opus decoder: {e}"),
@@ -301,9 +450,9 @@ impl Mixer {
                 }
                 self.selector.handle_remove(id);
             }
-            Control::AddListener { id, tx } => {
+            Control::AddListener { id, codec, tx } => {
                 let encoder = if self.sources.contains_key(&id) {
-                    new_encoder(self.bitrate_kbps, 0)
+                    MixEncoder::new(codec, self.bitrate_kbps, 0)
                         .map_err(|e| tracing::error!(session = %id, "opus encoder: {e}"))
                         .ok()
                 } else {
@@ -313,6 +462,7 @@ impl Mixer {
                     id,
                     Listener {
                         tx,
+                        codec,
                         encoder,
                         own_last: false,
                         loss: 0,
@@ -328,7 +478,7 @@ impl Mixer {
                 if let Some(l) = self.listeners.get_mut(&id) {
                     l.loss = percent;
                     if let Some(e) = l.encoder.as_mut() {
-                        let _ = e.set_packet_loss_perc(percent.into());
+                        e.set_loss(percent);
                     }
                 }
                 self.update_full_loss();
@@ -342,8 +492,8 @@ impl Mixer {
         let worst = self.listeners.values().map(|l| l.loss).max().unwrap_or(0);
         if worst != self.full_loss {
             self.full_loss = worst;
-            if let Some(e) = self.full_encoder.as_mut() {
-                let _ = e.set_packet_loss_perc(worst.into());
+            for e in self.full_encoders.values_mut() {
+                e.set_loss(worst);
             }
         }
     }
@@ -378,7 +528,7 @@ impl Mixer {
         if let SeqVerdict::Gap(n) = verdict {
             for _ in 0..n.min(MAX_CONCEALED) {
                 let buf = &mut self.decoded[..FRAME_SAMPLES];
-                if let Ok(got) = source.decoder.decode_float(&[], buf, false) {
+                if let Some(got) = source.decoder.conceal(buf) {
                     source.fifo.push(&buf[..got]);
                 }
             }
@@ -386,19 +536,16 @@ impl Mixer {
         if rtp.payload.is_empty() {
             return;
         }
-        match source
+        if let Some(got) = source
             .decoder
-            .decode_float(rtp.payload, &mut self.decoded, false)
+            .decode(rtp.payload_type, rtp.payload, &mut self.decoded)
         {
-            Ok(got) => {
-                let pcm = &self.decoded[..got];
-                source.fifo.push(pcm);
-                if !source.has_level {
-                    // No level from the sender: measure it here.
-                    self.selector.handle_level(now, id, rms_dbov(rms(pcm)));
-                }
+            let pcm = &self.decoded[..got];
+            source.fifo.push(pcm);
+            if !source.has_level {
+                // No level from the sender: measure it here.
+                self.selector.handle_level(now, id, rms_dbov(rms(pcm)));
             }
-            Err(e) => tracing::trace!(session = %id, "opus decode: {e}"),
         }
     }
 
@@ -417,7 +564,7 @@ impl Mixer {
             s.target = if in_mix { 1.0 } else { 0.0 };
             if in_mix && !s.decoding {
                 s.decoding = true;
-                let _ = s.decoder.reset_state();
+                s.decoder.reset();
                 s.fifo.clear();
                 // A voice that starts after silence is decoded from its onset, which cannot
                 // click: it plays at once. One that was already speaking (it replaces a
@@ -432,9 +579,9 @@ impl Mixer {
                     let Some(rtp) = parse_rtp(&p).filter(|r| !r.payload.is_empty()) else {
                         continue;
                     };
-                    if let Ok(got) = s
-                        .decoder
-                        .decode_float(rtp.payload, &mut self.decoded, false)
+                    if let Some(got) =
+                        s.decoder
+                            .decode(rtp.payload_type, rtp.payload, &mut self.decoded)
                     {
                         s.fifo.push(&self.decoded[..got]);
                     }
@@ -481,8 +628,9 @@ impl Mixer {
             }
         }
         self.decoding.store(decoding, Ordering::Relaxed);
-        // The full mix is one frame shared by every listener who gets it (its RTP payload too).
-        let mut shared: Option<EncodedFrame> = None;
+        // The full mix is one frame per codec, shared by every listener who gets it in that
+        // codec (its RTP payload too).
+        let mut shared: HashMap<AudioCodec, EncodedFrame> = HashMap::new();
         for (id, l) in self.listeners.iter_mut() {
             // Its own voice is in the mix: it needs the mix without it.
             let audible = self.sources.get(id).is_some_and(|s| s.audible());
@@ -492,7 +640,7 @@ impl Mixer {
             }
             let frame = if let Some(enc) = own_encoder {
                 if !l.own_last {
-                    let _ = enc.reset_state();
+                    enc.reset();
                     l.own_last = true;
                 }
                 let own = self
@@ -501,45 +649,39 @@ impl Mixer {
                     .filter(|s| s.active)
                     .map(|s| s.frame.as_slice());
                 mix_minus(&self.full, own, &mut self.out);
-                match enc.encode_float(&self.out, &mut self.encoded) {
-                    Ok(n) => {
-                        EncodedFrame::new(Bytes::copy_from_slice(&self.encoded[..n]), FRAME, true)
-                    }
+                match enc.encode(&self.out, &mut self.encoded) {
+                    Ok(bytes) => EncodedFrame::new(bytes, FRAME, true),
                     Err(e) => {
-                        tracing::warn!(session = %id, "opus encode: {e}");
+                        tracing::warn!(session = %id, codec = %l.codec, "audio encode: {e}");
                         continue;
                     }
                 }
             } else {
-                if shared.is_none() {
-                    let enc = match self.full_encoder.as_mut() {
-                        Some(e) => e,
-                        None => match new_encoder(self.bitrate_kbps, self.full_loss) {
-                            Ok(e) => self.full_encoder.insert(e),
-                            Err(e) => {
-                                tracing::error!("opus encoder: {e}");
-                                return;
+                use std::collections::hash_map::Entry;
+                match shared.entry(l.codec) {
+                    Entry::Occupied(f) => f.get().clone(),
+                    Entry::Vacant(slot) => {
+                        let enc = match self.full_encoders.entry(l.codec) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(v) => {
+                                match MixEncoder::new(l.codec, self.bitrate_kbps, self.full_loss) {
+                                    Ok(e) => v.insert(e),
+                                    Err(e) => {
+                                        tracing::error!("opus encoder: {e}");
+                                        continue;
+                                    }
+                                }
                             }
-                        },
-                    };
-                    mix_minus(&self.full, None, &mut self.out);
-                    match enc.encode_float(&self.out, &mut self.encoded) {
-                        Ok(n) => {
-                            shared = Some(EncodedFrame::new(
-                                Bytes::copy_from_slice(&self.encoded[..n]),
-                                FRAME,
-                                true,
-                            ))
-                        }
-                        Err(e) => {
-                            tracing::warn!("opus encode: {e}");
-                            return;
+                        };
+                        mix_minus(&self.full, None, &mut self.out);
+                        match enc.encode(&self.out, &mut self.encoded) {
+                            Ok(bytes) => slot.insert(EncodedFrame::new(bytes, FRAME, true)).clone(),
+                            Err(e) => {
+                                tracing::warn!(codec = %l.codec, "audio encode: {e}");
+                                continue;
+                            }
                         }
                     }
-                }
-                match &shared {
-                    Some(f) => f.clone(),
-                    None => continue,
                 }
             };
             if l.tx.try_send(frame).is_err() {
@@ -564,7 +706,7 @@ async fn run(
         target: (SAMPLE_RATE * settings.jitter_ms / 1000) as usize,
         sources: HashMap::new(),
         listeners: HashMap::new(),
-        full_encoder: None,
+        full_encoders: HashMap::new(),
         full_loss: 0,
         full: vec![0.0; FRAME_SAMPLES],
         out: vec![0.0; FRAME_SAMPLES],

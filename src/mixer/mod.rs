@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod batch;
 pub mod dsp;
+pub mod g711;
 pub mod pacer;
 pub mod video;
 
@@ -51,6 +52,9 @@ pub const REQUIRED_ELEMENTS: &[(&str, &str)] = &[
     ("rtph264depay", "gstreamer1.0-plugins-good"),
     ("vp8dec", "gstreamer1.0-plugins-good"),
     ("vp8enc", "gstreamer1.0-plugins-good"),
+    ("rtpvp9depay", "gstreamer1.0-plugins-good"),
+    ("vp9dec", "gstreamer1.0-plugins-good"),
+    ("vp9enc", "gstreamer1.0-plugins-good"),
     ("h264parse", "gstreamer1.0-plugins-bad"),
     ("avdec_h264", "gstreamer1.0-libav"),
     ("x264enc", "gstreamer1.0-plugins-ugly"),

@@ -25,17 +25,21 @@ use tokio::sync::{broadcast, mpsc};
 
 const VP8_INPUT: &str = include_str!("../../pipelines/vp8-input.gst");
 const H264_INPUT: &str = include_str!("../../pipelines/h264-input.gst");
+const VP9_INPUT: &str = include_str!("../../pipelines/vp9-input.gst");
 const PLACEHOLDER: &str = include_str!("../../pipelines/placeholder.gst");
 const VP8_ENCODER: &str = include_str!("../../pipelines/vp8-encoder.gst");
 const H264_ENCODER: &str = include_str!("../../pipelines/h264-encoder.gst");
+const VP9_ENCODER: &str = include_str!("../../pipelines/vp9-encoder.gst");
 
 /// Every fragment, for the start-up check and the test that parses them all.
-pub const FRAGMENTS: [(&str, &str); 5] = [
+pub const FRAGMENTS: [(&str, &str); 7] = [
     ("vp8-input", VP8_INPUT),
     ("h264-input", H264_INPUT),
+    ("vp9-input", VP9_INPUT),
     ("placeholder", PLACEHOLDER),
     ("vp8-encoder", VP8_ENCODER),
     ("h264-encoder", H264_ENCODER),
+    ("vp9-encoder", VP9_ENCODER),
 ];
 
 /// Encoded composite frames buffered per codec for slow peers (about 2 s at 30 fps). A peer
@@ -467,6 +471,7 @@ impl VideoMixer {
         let bin = parse_bin(match codec {
             VideoCodec::Vp8 => VP8_INPUT,
             VideoCodec::H264 => H264_INPUT,
+            VideoCodec::Vp9 => VP9_INPUT,
         })?;
         by_name(&bin, "jitter")?.set_property("latency", self.settings.jitter_ms);
         let appsrc = by_name(&bin, "src")?
@@ -630,6 +635,7 @@ impl VideoMixer {
         let bin = parse_bin(match codec {
             VideoCodec::Vp8 => VP8_ENCODER,
             VideoCodec::H264 => H264_ENCODER,
+            VideoCodec::Vp9 => VP9_ENCODER,
         })?;
         let enc = by_name(&bin, "enc")?;
         let mut keyframe_s = self.settings.keyframe_interval_s;
@@ -638,7 +644,8 @@ impl VideoMixer {
         }
         let keyframe_frames = keyframe_s * t.framerate;
         match codec {
-            VideoCodec::Vp8 => {
+            // VP9 is libvpx too: the same rate control and buffer.
+            VideoCodec::Vp8 | VideoCodec::Vp9 => {
                 enc.set_property("target-bitrate", (t.bitrate_kbps * 1000) as i32);
                 enc.set_property("keyframe-max-dist", keyframe_frames as i32);
                 enc.set_property("buffer-size", VP8_BUFFER_MS);

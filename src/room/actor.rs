@@ -53,7 +53,14 @@ struct Participant {
     publish_cap: Option<u32>,
     audio_sink: Option<SharedRtpSink>,
     receives_video: Option<VideoCodec>,
+    /// The video codecs it can receive (its offer's), for the room info's account of why
+    /// each encode runs.
+    accepts_video: Vec<VideoCodec>,
     receives_audio: bool,
+    /// The codec its mix-minus is encoded in.
+    audio_codec: Option<crate::media::AudioCodec>,
+    /// What its offer asked for that the answer refused.
+    refused: Vec<crate::sdp::Refused>,
     /// Which rung of the encoder ladder this receiver's link carries (receivers of video).
     tier: Option<TierChoice>,
     /// The transport's latest word on this receiver's link.
@@ -408,7 +415,10 @@ impl Room {
     ) -> Result<JoinAnswer, RoomError> {
         let publishes_audio = role == Role::Whip && summary.publishes_audio();
         let publishes_video = role == Role::Whip && summary.publishes_video();
-        let viewer = !publishes_audio && !publishes_video && options.events.is_none();
+        // A WHEP client with a data channel gets room events and is still a viewer.
+        let viewer = !publishes_audio
+            && !publishes_video
+            && (options.events.is_none() || role == Role::Whep);
         let counters = &self.registry.counters;
         if viewer {
             let max = self.registry.config.limits.max_viewers;
@@ -437,7 +447,8 @@ impl Room {
             });
         }
         let codec = self.send_codec_for(&summary);
-        let receives_audio = summary.receives_audio();
+        let audio_codec = summary.audio_send_codec();
+        let receives_audio = audio_codec.is_some();
         if !publishes_audio && !publishes_video && codec.is_none() && !receives_audio {
             return Err(RoomError::NothingToDo);
         }
@@ -454,16 +465,16 @@ impl Room {
                 Some(c) => Some((c, max_tier, self.video.subscribe(c, max_tier)?)),
                 None => None,
             },
-            audio: if receives_audio {
-                Some(self.audio.add_listener(id).await?)
-            } else {
-                None
+            audio: match audio_codec {
+                Some(c) => Some((c, self.audio.add_listener(id, c).await?)),
+                None => None,
             },
+            data: options.data.as_ref().and_then(|d| d.take()),
         };
         let answered = self
             .registry
             .peers
-            .answer(id, offer, media, self.events_tx.clone())
+            .answer(id, offer, &summary, media, self.events_tx.clone())
             .await;
         let (peer, sdp) = match answered {
             Ok(ok) => ok,
@@ -481,7 +492,9 @@ impl Room {
             publishes_audio,
             publishes_video,
             receives_video = ?codec,
-            receives_audio,
+            receives_audio = ?audio_codec,
+            data_channel = summary.data_channel.is_some(),
+            refused = summary.refused.len(),
             "joined"
         );
         crate::metrics::add(&crate::metrics::METRICS.joins, 1);
@@ -503,7 +516,10 @@ impl Room {
                 publish_cap: None,
                 audio_sink,
                 receives_video: codec,
+                accepts_video: summary.receivable_video_codecs(),
                 receives_audio,
+                audio_codec,
+                refused: summary.refused.clone(),
                 tier: codec.map(|_| tier_choice(&self.registry.config.video, max_tier)),
                 link: None,
                 decodes: Default::default(),
@@ -544,6 +560,13 @@ impl Room {
             let _ = tx.try_send(ServerMessage::Viewers {
                 count: self.viewer_count(),
             });
+            // The picture as it is now (a publisher's join relayouts and sends it again).
+            let _ = tx.try_send(self.layout_message());
+            if !summary.refused.is_empty() {
+                let _ = tx.try_send(ServerMessage::Refused {
+                    sections: summary.refused.clone(),
+                });
+            }
         }
         if viewer && !options.hidden {
             self.broadcast(ServerMessage::Viewers {
@@ -577,7 +600,7 @@ impl Room {
     ) -> Option<SharedRtpSink> {
         let p = self.participants.get_mut(&session)?;
         match kind {
-            TrackKind::Audio => p.audio_sink.clone(),
+            TrackKind::Audio(_) => p.audio_sink.clone(),
             TrackKind::Video(codec) => self.video_track_started(session, codec, payload_type, pli),
         }
     }
@@ -780,7 +803,8 @@ impl Room {
         let publishes_audio = summary.publishes_audio();
         let publishes_video = summary.publishes_video();
         let codec = self.send_codec_for(&summary);
-        let receives_audio = summary.receives_audio();
+        let audio_codec = summary.audio_send_codec();
+        let receives_audio = audio_codec.is_some();
         let audio_sink = match (had_audio, publishes_audio) {
             (false, true) => Some(self.audio.add_source(session).await?),
             (true, false) => {
@@ -798,17 +822,20 @@ impl Room {
                 Some(c) => Some((c, max_tier, self.video.subscribe(c, max_tier)?)),
                 None => None,
             },
-            audio: if receives_audio {
-                Some(self.audio.add_listener(session).await?)
-            } else {
-                self.audio.remove_listener(session).await;
-                None
+            audio: match audio_codec {
+                Some(c) => Some((c, self.audio.add_listener(session, c).await?)),
+                None => {
+                    self.audio.remove_listener(session).await;
+                    None
+                }
             },
+            // A renegotiation comes over the WebSocket, which carries the room's messages.
+            data: None,
         };
         let (peer, sdp) = self
             .registry
             .peers
-            .answer(session, offer, media, self.events_tx.clone())
+            .answer(session, offer, &summary, media, self.events_tx.clone())
             .await?;
         let p = self.participants.get_mut(&session).ok_or_else(unknown)?;
         let old = std::mem::replace(&mut p.peer, peer);
@@ -819,7 +846,10 @@ impl Room {
         p.video_in = None;
         p.audio_sink = audio_sink;
         p.receives_video = codec;
+        p.accepts_video = summary.receivable_video_codecs();
         p.receives_audio = receives_audio;
+        p.audio_codec = audio_codec;
+        p.refused = summary.refused.clone();
         p.link = None;
         p.tier = codec.map(|_| tier_choice(&self.registry.config.video, max_tier));
         old.close().await;
@@ -896,6 +926,8 @@ impl Room {
                         video_started: p.video_started,
                         receives_video: p.receives_video,
                         receives_audio: p.receives_audio,
+                        audio_codec: p.audio_codec,
+                        refused: p.refused.clone(),
                         name: p.name.clone(),
                         tile: self.tiles.get(id).map(|t| (*t).into()),
                         visible: self.shown.contains(id),
@@ -928,6 +960,7 @@ impl Room {
                 .into_iter()
                 .filter_map(|(codec, tier)| {
                     let t = *ladder.get(tier)?;
+                    let (receivers, reason) = self.encode_reason(codec, tier);
                     Some(EncodeInfo {
                         codec,
                         tier,
@@ -935,6 +968,8 @@ impl Room {
                         height: t.height,
                         framerate: t.framerate,
                         kbps: t.bitrate_kbps,
+                        receivers,
+                        reason,
                     })
                 })
                 .collect(),
@@ -943,6 +978,43 @@ impl Room {
             layout: self.layout_info(),
             participants: participants.into_iter().map(|(_, p)| p).collect(),
         }
+    }
+
+    /// How many receivers get encode (`codec`, `tier`), and why it runs: receivers that
+    /// take no codec earlier in `video.send_codecs`, receivers that share what the room
+    /// already encoded, or only the outputs (recordings, streams) and tier moves.
+    fn encode_reason(&self, codec: VideoCodec, tier: usize) -> (usize, String) {
+        let preference = &self.registry.config.video.send_codecs;
+        let earlier: Vec<VideoCodec> = preference
+            .iter()
+            .take_while(|c| **c != codec)
+            .copied()
+            .collect();
+        let receivers: Vec<&Participant> = self
+            .participants
+            .values()
+            .filter(|p| p.receives_video == Some(codec))
+            .filter(|p| {
+                matches!(p.tier.as_ref().map(|t| t.current()), Some(crate::room::tiers::Rung::Tier(t)) if t == tier)
+            })
+            .collect();
+        let n = receivers.len();
+        if n == 0 {
+            return (
+                0,
+                "outputs (recording, streaming) or receivers moving between tiers".into(),
+            );
+        }
+        let only = receivers
+            .iter()
+            .filter(|p| !p.accepts_video.iter().any(|c| earlier.contains(c)))
+            .count();
+        let reason = if only > 0 {
+            format!("{only} of {n} receivers accept no codec before {codec} in video.send_codecs")
+        } else {
+            format!("{n} receivers accept {codec}, which the room already encoded when they joined")
+        };
+        (n, reason)
     }
 
     async fn close(mut self) {

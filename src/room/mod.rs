@@ -45,6 +45,9 @@ pub struct JoinOptions {
     pub id: SessionId,
     pub name: String,
     pub events: Option<mpsc::Sender<ServerMessage>>,
+    /// The `mixdown` data channel of a WHIP or WHEP client whose offer has one (its room
+    /// messages then go there; `events` is its other end).
+    pub data: Option<DataSlot>,
     /// The best ladder rung this receiver may get (0, the canvas, when unset): a data saver,
     /// and how the benchmarks hold receivers on a tier.
     pub max_tier: usize,
@@ -52,6 +55,21 @@ pub struct JoinOptions {
     pub hidden: bool,
     /// The client address's share, held as long as the session lives.
     pub slot: Option<Arc<crate::limits::Slot>>,
+}
+
+/// A data channel's transport ends, handed over once: a join retried in a fresh room (the
+/// first was closing) still finds them.
+#[derive(Debug, Clone)]
+pub struct DataSlot(Arc<std::sync::Mutex<Option<crate::rtc::DataPipe>>>);
+
+impl DataSlot {
+    pub fn new(pipe: crate::rtc::DataPipe) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(pipe))))
+    }
+
+    pub fn take(&self) -> Option<crate::rtc::DataPipe> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 impl JoinOptions {
@@ -63,6 +81,7 @@ impl JoinOptions {
             id,
             name,
             events: None,
+            data: None,
             max_tier: 0,
             hidden: false,
             slot: None,
@@ -85,6 +104,10 @@ pub struct ParticipantInfo {
     pub video_started: bool,
     pub receives_video: Option<VideoCodec>,
     pub receives_audio: bool,
+    /// The codec its audio mix is sent in.
+    pub audio_codec: Option<crate::media::AudioCodec>,
+    /// Sections of its offer the answer refused, and why.
+    pub refused: Vec<crate::sdp::Refused>,
     pub name: String,
     /// The participant's tile in the composite, `[x, y, w, h]` in pixels (none while hidden).
     pub tile: Option<[u32; 4]>,
@@ -151,6 +174,10 @@ pub struct EncodeInfo {
     pub height: u32,
     pub framerate: u32,
     pub kbps: u32,
+    /// Receivers of this encode now.
+    pub receivers: usize,
+    /// Why it runs (which receivers need it, or that only outputs do).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

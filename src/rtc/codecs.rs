@@ -2,10 +2,11 @@
 //! sample-writing track for webrtc-rs clients (the load generator and the tests use it).
 
 use super::{RtcError, TrackKind};
-use crate::media::VideoCodec;
+use crate::media::{AudioCodec, VideoCodec};
 use ::rtc::media_stream::MediaStreamTrack;
 use ::rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MediaEngine,
 };
 use ::rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -32,7 +33,7 @@ fn rtcp_feedback() -> Vec<RTCPFeedback> {
 }
 
 /// The codec parameters Mixdown negotiates for `codec` (H.264: constrained baseline,
-/// packetization-mode 1), with NACK, PLI and FIR feedback.
+/// packetization-mode 1; VP9: profile 0), with NACK, PLI and FIR feedback.
 pub fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
     let (mime, fmtp) = match codec {
         VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
@@ -40,6 +41,7 @@ pub fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
             MIME_TYPE_H264,
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
         ),
+        VideoCodec::Vp9 => (MIME_TYPE_VP9, "profile-id=0"),
     };
     RTCRtpCodec {
         mime_type: mime.to_owned(),
@@ -52,11 +54,22 @@ pub fn video_codec_params(codec: VideoCodec) -> RTCRtpCodec {
 
 /// Opus at 48 kHz, stereo-capable, with in-band FEC, as browsers offer it.
 pub fn opus_params() -> RTCRtpCodec {
+    audio_codec_params(AudioCodec::Opus)
+}
+
+/// The codec parameters Mixdown negotiates for `codec` (Opus as browsers offer it; G.711 at
+/// 8 kHz, mono).
+pub fn audio_codec_params(codec: AudioCodec) -> RTCRtpCodec {
+    let (mime, channels, fmtp) = match codec {
+        AudioCodec::Opus => (MIME_TYPE_OPUS, 2, "minptime=10;useinbandfec=1"),
+        AudioCodec::Pcmu => (MIME_TYPE_PCMU, 0, ""),
+        AudioCodec::Pcma => (MIME_TYPE_PCMA, 0, ""),
+    };
     RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        mime_type: mime.to_owned(),
+        clock_rate: codec.clock_rate(),
+        channels,
+        sdp_fmtp_line: fmtp.to_owned(),
         rtcp_feedback: vec![],
     }
 }
@@ -76,22 +89,34 @@ pub fn media_engine() -> Result<MediaEngine, RtcError> {
         None,
     )
     .map_err(err)?;
-    m.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: opus_params(),
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )
-    .map_err(err)?;
-    let mut baseline = video_codec_params(VideoCodec::H264);
-    baseline.sdp_fmtp_line =
-        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f".to_owned();
     for (pt, codec) in [
-        (96, video_codec_params(VideoCodec::Vp8)),
-        (102, video_codec_params(VideoCodec::H264)),
-        (108, baseline),
+        (111, AudioCodec::Opus),
+        (0, AudioCodec::Pcmu),
+        (8, AudioCodec::Pcma),
     ] {
+        m.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: audio_codec_params(codec),
+                payload_type: pt,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(err)?;
+    }
+    let mut video = vec![
+        (96, video_codec_params(VideoCodec::Vp8)),
+        (98, video_codec_params(VideoCodec::Vp9)),
+    ];
+    for (pt, profile) in [102u8, 108, 123, 125, 127]
+        .into_iter()
+        .zip(crate::sdp::H264_PROFILES)
+    {
+        let mut h264 = video_codec_params(VideoCodec::H264);
+        h264.sdp_fmtp_line =
+            format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}");
+        video.push((pt, h264));
+    }
+    for (pt, codec) in video {
         m.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: codec,
@@ -136,8 +161,14 @@ pub fn track_kind(mime: &str) -> Option<TrackKind> {
         Some(TrackKind::Video(VideoCodec::Vp8))
     } else if mime.eq_ignore_ascii_case(MIME_TYPE_H264) {
         Some(TrackKind::Video(VideoCodec::H264))
+    } else if mime.eq_ignore_ascii_case(MIME_TYPE_VP9) {
+        Some(TrackKind::Video(VideoCodec::Vp9))
     } else if mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
-        Some(TrackKind::Audio)
+        Some(TrackKind::Audio(AudioCodec::Opus))
+    } else if mime.eq_ignore_ascii_case(MIME_TYPE_PCMU) {
+        Some(TrackKind::Audio(AudioCodec::Pcmu))
+    } else if mime.eq_ignore_ascii_case(MIME_TYPE_PCMA) {
+        Some(TrackKind::Audio(AudioCodec::Pcma))
     } else {
         None
     }

@@ -4,20 +4,23 @@
 //! batches), pushes received RTP into the room's sinks and reports events. It never waits
 //! on the room: everything it tells the room goes by `try_send`.
 
-use super::codecs::{opus_params, track_kind, video_codec_params};
+use super::codecs::{audio_codec_params, track_kind, video_codec_params};
 use super::estimate::ProbeOutcome;
 use super::keyframe_interceptor::is_keyframe_request;
 use super::router::{Datagram, MAX_STUN_ADDRS_PER_SESSION, Peer};
-use super::session::{MAX_REMOTE_CANDIDATES, SessionEvent, SharedEstimator};
+use super::session::{
+    DATA_CHANNEL_LABEL, DataIn, DataPipe, MAX_REMOTE_CANDIDATES, SessionEvent, SharedEstimator,
+};
 use super::stun::{DatagramKind, classify};
 use super::{RtcError, Transport, udp};
 use crate::ids::SessionId;
 use crate::media::{
-    EncodedFrame, LINK_REPORT_INTERVAL, LinkReport, PLI_QUEUE, SharedRtpSink, VideoCodec,
+    AudioCodec, EncodedFrame, LINK_REPORT_INTERVAL, LinkReport, PLI_QUEUE, SharedRtpSink,
+    VideoCodec,
 };
 use crate::room::keyframe::KeyframeGate;
 use ::rtc::peer_connection::RTCPeerConnection;
-use ::rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
+use ::rtc::peer_connection::configuration::media_engine::{MIME_TYPE_VP8, MIME_TYPE_VP9};
 use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use ::rtc::peer_connection::message::RTCMessage;
 use ::rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
@@ -48,6 +51,18 @@ const SINK_QUEUE: usize = 4;
 const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
 /// When nothing is due, wake anyway this often (nothing is lost: it only re-arms the timer).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// Room messages held for a data channel the peer has not opened yet (the oldest go first).
+const DATA_PENDING: usize = 64;
+/// Bytes sent on the data channel and not yet acknowledged beyond which room messages are
+/// dropped: a peer that does not read must not grow the server's memory.
+const DATA_BACKLOG: usize = 256 * 1024;
+
+/// The session's `mixdown` data channel: the room's side, and the channel once open.
+struct DataOut {
+    pipe: DataPipe,
+    channel: Option<::rtc::data_channel::RTCDataChannelId>,
+    pending: std::collections::VecDeque<String>,
+}
 
 pub(super) enum Command {
     Candidate(RTCIceCandidateInit, oneshot::Sender<Result<(), RtcError>>),
@@ -176,13 +191,26 @@ impl RtpOut {
         }
         self.last_sent = Some(self.ts);
         let payloads = frame.payloads.get_or_init(|| {
-            // Cutting must come out the same whoever does it first: VP8 takes its picture ID
-            // from the frame's number, the others need no state across frames (a fresh
-            // payloader per frame).
+            // Cutting must come out the same whoever does it first: VP8 and VP9 take their
+            // picture IDs from the frame's number, the others need no state across frames (a
+            // fresh payloader per frame).
             if self.codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_VP8) {
                 return super::vp8::payloads(
                     &frame.data,
                     frame.number as u16,
+                    RTP_MTU - RTP_HEADER,
+                );
+            }
+            if self.codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_VP9) {
+                let size = frame
+                    .keyframe
+                    .then(|| super::vp9::frame_size(&frame.data))
+                    .flatten();
+                return super::vp9::payloads(
+                    &frame.data,
+                    frame.number as u16,
+                    frame.keyframe,
+                    size,
                     RTP_MTU - RTP_HEADER,
                 );
             }
@@ -310,6 +338,7 @@ pub(super) struct Driver {
     _routes: RouteGuard,
     video: Option<VideoOut>,
     audio: Option<AudioOut>,
+    data: Option<DataOut>,
     tracks: HashMap<String, InTrack>,
     sink_tx: mpsc::Sender<(String, Option<SharedRtpSink>)>,
     sink_rx: mpsc::Receiver<(String, Option<SharedRtpSink>)>,
@@ -355,14 +384,29 @@ pub(super) struct Driver {
     duplicate_audio: bool,
 }
 
+/// The payload type to send `mime` with: the first negotiated one of that codec, or for
+/// H.264 the negotiated entry Mixdown's stream suits best (packetization-mode 1, the
+/// profile first in [`crate::sdp::H264_PROFILES`]).
 fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
     let mut s = pc.rtp_sender(sender)?;
-    s.get_parameters()
+    let params = s.get_parameters();
+    let codecs = params
         .rtp_parameters
         .codecs
         .iter()
-        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-        .map(|c| c.payload_type)
+        .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime));
+    if mime
+        .eq_ignore_ascii_case(::rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264)
+    {
+        return codecs
+            .filter_map(|c| {
+                crate::sdp::h264_profile_rank(&c.rtp_codec.sdp_fmtp_line)
+                    .map(|rank| (rank, c.payload_type))
+            })
+            .min()
+            .map(|(_, pt)| pt);
+    }
+    codecs.map(|c| c.payload_type).next()
 }
 
 /// RFC 6464: the level (-dBov, 0..=127) in header extension `id` (the V bit masked off), when
@@ -419,6 +463,13 @@ async fn next_audio(a: &mut Option<AudioOut>) -> Option<EncodedFrame> {
     }
 }
 
+async fn next_data(d: &mut Option<DataOut>) -> Option<String> {
+    match d {
+        Some(d) => d.pipe.outbound.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Driver {
     /// `offered`: remote candidates the offer brought (they count against the trickle's
     /// budget of [`MAX_REMOTE_CANDIDATES`]).
@@ -446,6 +497,7 @@ impl Driver {
             _routes: routes,
             video: None,
             audio: None,
+            data: None,
             tracks: HashMap::new(),
             sink_tx,
             sink_rx,
@@ -506,16 +558,17 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends the mix-minus on `sender`, if the peer took Opus.
+    /// Sends the mix-minus, encoded as `codec`, on `sender`, if the peer took that codec.
     pub(super) fn send_audio(
         &mut self,
         sender: RTCRtpSenderId,
         ssrc: u32,
+        codec: AudioCodec,
         frames: mpsc::Receiver<EncodedFrame>,
     ) -> Result<(), RtcError> {
-        let params = opus_params();
+        let params = audio_codec_params(codec);
         let Some(pt) = payload_type(&mut self.pc, sender, &params.mime_type) else {
-            tracing::warn!(session = %self.id, "receiver did not accept Opus");
+            tracing::warn!(session = %self.id, %codec, "receiver did not accept the audio codec");
             return Ok(());
         };
         params
@@ -527,6 +580,92 @@ impl Driver {
             frames,
         });
         Ok(())
+    }
+
+    /// Carries room messages on the peer's `mixdown` data channel, once it opens one.
+    pub(super) fn serve_data(&mut self, pipe: DataPipe) {
+        self.data = Some(DataOut {
+            pipe,
+            channel: None,
+            pending: Default::default(),
+        });
+    }
+
+    fn data_channel_event(&mut self, ev: ::rtc::peer_connection::event::RTCDataChannelEvent) {
+        use ::rtc::peer_connection::event::RTCDataChannelEvent as E;
+        match ev {
+            E::OnOpen(id) => {
+                let Some(mut dc) = self.pc.data_channel(id) else {
+                    return;
+                };
+                let label = dc.label().to_owned();
+                match self.data.as_mut() {
+                    Some(d) if d.channel.is_none() && label == DATA_CHANNEL_LABEL => {
+                        tracing::debug!(session = %self.id, "data channel open");
+                        d.channel = Some(id);
+                        let _ = d.pipe.inbound.try_send(DataIn::Open);
+                        let pending: Vec<String> = d.pending.drain(..).collect();
+                        for text in pending {
+                            self.send_data(text);
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(session = %self.id, %label, "data channel refused");
+                        let _ = dc.close();
+                    }
+                }
+            }
+            E::OnClose(id) => {
+                if let Some(d) = self.data.as_mut()
+                    && d.channel == Some(id)
+                {
+                    d.channel = None;
+                    let _ = d.pipe.inbound.try_send(DataIn::Closed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn data_message(
+        &mut self,
+        id: ::rtc::data_channel::RTCDataChannelId,
+        m: ::rtc::data_channel::RTCDataChannelMessage,
+    ) {
+        let Some(d) = self.data.as_ref().filter(|d| d.channel == Some(id)) else {
+            return;
+        };
+        let msg = match (m.is_string, String::from_utf8(m.data.to_vec())) {
+            (true, Ok(text)) => DataIn::Text(text),
+            _ => DataIn::Binary(m.data.len()),
+        };
+        // Full only when the peer sends faster than the room handles: like the WebSocket's
+        // reader, the excess is dropped.
+        if d.pipe.inbound.try_send(msg).is_err() {
+            tracing::debug!(session = %self.id, "data channel message dropped: handler busy");
+        }
+    }
+
+    /// Sends `text` on the data channel, or holds it until the channel opens.
+    fn send_data(&mut self, text: String) {
+        let Some(d) = self.data.as_mut() else { return };
+        let Some(id) = d.channel else {
+            if d.pending.len() == DATA_PENDING {
+                d.pending.pop_front();
+            }
+            d.pending.push_back(text);
+            return;
+        };
+        let Some(mut dc) = self.pc.data_channel(id) else {
+            return;
+        };
+        if dc.outstanding_bytes() > DATA_BACKLOG {
+            tracing::debug!(session = %self.id, "data channel backlog full: message dropped");
+            return;
+        }
+        if let Err(e) = dc.send_text(Instant::now(), text) {
+            tracing::debug!(session = %self.id, "data channel send: {e}");
+        }
     }
 
     pub(super) async fn run(mut self) {
@@ -577,6 +716,10 @@ impl Driver {
                     VideoSource::Next => self.next_tier_frame(frame),
                 },
                 frame = next_audio(&mut self.audio) => self.audio_frame(frame),
+                text = next_data(&mut self.data) => match text {
+                    Some(text) => self.send_data(text),
+                    None => self.data = None,
+                },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
                     if let Err(e) = self.pc.handle_timeout(now) {
@@ -677,6 +820,7 @@ impl Driver {
                         self.reception_reports(p.as_ref());
                     }
                 }
+                RTCMessage::DataChannelMessage(id, m) => self.data_message(id, m),
                 _ => {}
             }
         }
@@ -844,6 +988,7 @@ impl Driver {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track)) => {
                 self.tracks.remove(&track);
             }
+            RTCPeerConnectionEvent::OnDataChannel(ev) => self.data_channel_event(ev),
             _ => {}
         }
     }
@@ -1222,11 +1367,14 @@ impl Driver {
         let mut loss: Option<f64> = None;
         for b in blocks.iter().filter(|b| ours.contains(&Some(b.ssrc))) {
             loss = Some(loss.unwrap_or(0.0).max(b.fraction_lost as f64 / 256.0));
-            // Jitter is in the stream's clock: 90 kHz video, 48 kHz Opus. Video's wins.
+            // Jitter is in the stream's clock: 90 kHz video, 48 kHz Opus, 8 kHz G.711.
+            // Video's wins.
             if Some(b.ssrc) == ours[0] {
                 self.jitter_ms = Some(b.jitter as f64 / 90.0);
-            } else if ours[0].is_none() {
-                self.jitter_ms = Some(b.jitter as f64 / 48.0);
+            } else if ours[0].is_none()
+                && let Some(a) = &self.audio
+            {
+                self.jitter_ms = Some(b.jitter as f64 * 1000.0 / a.rtp.codec.clock_rate as f64);
             }
             if b.last_sender_report != 0 {
                 let now = ntp_middle(std::time::SystemTime::now());

@@ -21,11 +21,17 @@ pub(crate) mod stun;
 pub(crate) mod tcp;
 mod udp;
 pub(crate) mod vp8;
+pub mod vp9;
 
 pub use candidates::{limit_candidates, rewrite_candidates};
-pub use codecs::{AUDIO_LEVEL_URI, opus_params, sample_track, video_codec_params};
+pub use codecs::{
+    AUDIO_LEVEL_URI, audio_codec_params, opus_params, sample_track, video_codec_params,
+};
 pub use router::TransportStats;
-pub use session::{MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent, SessionMedia, TrackKind};
+pub use session::{
+    DATA_CHANNEL_LABEL, DataIn, DataPipe, MAX_REMOTE_CANDIDATES, PeerSession, SessionEvent,
+    SessionMedia, TrackKind,
+};
 
 use crate::config::Config;
 use std::net::{IpAddr, SocketAddr};

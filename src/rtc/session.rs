@@ -2,14 +2,15 @@
 //! handed to its own [`driver`](super::driver) task. [`PeerSession`] is the room's handle to
 //! it: trickled candidates go in, closing ends the driver, which frees everything it holds.
 
-use super::codecs::{media_engine, opus_params, video_codec_params};
+use super::codecs::{audio_codec_params, media_engine, video_codec_params};
 use super::driver::{self, Command, Driver, VideoCommand};
 use super::estimate::{Ack, LinkEstimator};
 use super::keyframe_interceptor::KeyframeRequestForwarder;
 use super::retransmit::Retransmitter;
 use super::{PeerFactory, RtcError, limit_candidates, rewrite_candidates};
 use crate::ids::SessionId;
-use crate::media::{EncodedFrame, LinkReport, SharedRtpSink, VideoCodec};
+use crate::media::{AudioCodec, EncodedFrame, LinkReport, SharedRtpSink, VideoCodec};
+use crate::sdp::OfferSummary;
 use ::rtc::interceptor::Registry;
 use ::rtc::media_stream::MediaStreamTrack;
 use ::rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -45,7 +46,7 @@ const DTLS_REPLAY_WINDOW: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackKind {
-    Audio,
+    Audio(AudioCodec),
     Video(VideoCodec),
 }
 
@@ -90,7 +91,37 @@ pub enum SessionEvent {
 pub struct SessionMedia {
     /// The codec, the ladder rung the frames are of, and the frames.
     pub video: Option<(VideoCodec, usize, broadcast::Receiver<EncodedFrame>)>,
-    pub audio: Option<mpsc::Receiver<EncodedFrame>>,
+    /// The codec the mix-minus is encoded in, and its frames.
+    pub audio: Option<(AudioCodec, mpsc::Receiver<EncodedFrame>)>,
+    /// The `mixdown` data channel, when the offer has a data channel section.
+    pub data: Option<DataPipe>,
+}
+
+/// The label of the data channel that carries room messages; channels with other labels
+/// are closed.
+pub const DATA_CHANNEL_LABEL: &str = "mixdown";
+
+/// Both directions of a session's `mixdown` data channel: text to send on it (held until
+/// the peer opens it), and what arrives.
+pub struct DataPipe {
+    pub outbound: mpsc::Receiver<String>,
+    pub inbound: mpsc::Sender<DataIn>,
+}
+
+impl std::fmt::Debug for DataPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataPipe")
+    }
+}
+
+/// What happens on a session's `mixdown` data channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataIn {
+    Open,
+    Text(String),
+    /// A binary message (or text that is not UTF-8) of this many bytes.
+    Binary(usize),
+    Closed,
 }
 
 /// A live peer connection, driven by its own task. [`close`](Self::close) tells the peer
@@ -316,6 +347,7 @@ impl PeerFactory {
         &self,
         id: SessionId,
         offer: String,
+        summary: &OfferSummary,
         media: SessionMedia,
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(PeerSession, String), RtcError> {
@@ -324,6 +356,7 @@ impl PeerFactory {
         let peer = NEXT_PEER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let neg = |e: ::rtc::shared::error::Error| RtcError::Negotiation(e.to_string());
         let (offer, offered) = limit_candidates(&offer, MAX_REMOTE_CANDIDATES);
+        let offer = crate::sdp::complete_static_rtpmaps(&offer);
 
         let mut engine = media_engine()?;
         let estimator = SharedEstimator::new(s.link_ceiling_bps);
@@ -353,8 +386,8 @@ impl PeerFactory {
             .build(now)
             .map_err(neg)?;
 
-        let desc =
-            RTCSessionDescription::offer(offer).map_err(|e| RtcError::Offer(e.to_string()))?;
+        let desc = RTCSessionDescription::offer(offer.clone())
+            .map_err(|e| RtcError::Offer(e.to_string()))?;
         pc.set_remote_description(now, desc)
             .map_err(|e| RtcError::Offer(e.to_string()))?;
 
@@ -368,10 +401,11 @@ impl PeerFactory {
             None => None,
         };
         let audio = match media.audio {
-            Some(frames) => {
-                let (track, ssrc) = local_track(RtpCodecKind::Audio, opus_params(), "audio");
+            Some((codec, frames)) => {
+                let (track, ssrc) =
+                    local_track(RtpCodecKind::Audio, audio_codec_params(codec), "audio");
                 let sender = pc.add_track(track).map_err(neg)?;
-                Some((sender, ssrc, frames))
+                Some((sender, ssrc, codec, frames))
             }
             None => None,
         };
@@ -390,7 +424,8 @@ impl PeerFactory {
         let answer = pc.create_answer(None).map_err(unanswerable)?;
         pc.set_local_description(now, answer)
             .map_err(unanswerable)?;
-        let mut sdp = pc.local_description().ok_or(RtcError::Gathering)?.sdp;
+        let sdp = pc.local_description().ok_or(RtcError::Gathering)?.sdp;
+        let mut sdp = crate::sdp::finish_answer(summary, &offer, &sdp);
         if let Some(public) = s.public_ip {
             sdp = rewrite_candidates(&sdp, public);
         }
@@ -415,8 +450,11 @@ impl PeerFactory {
         if let Some((sender, ssrc, codec, tier, frames)) = video {
             d.send_video(sender, ssrc, codec, tier, frames)?;
         }
-        if let Some((sender, ssrc, frames)) = audio {
-            d.send_audio(sender, ssrc, frames)?;
+        if let Some((sender, ssrc, codec, frames)) = audio {
+            d.send_audio(sender, ssrc, codec, frames)?;
+        }
+        if let Some(pipe) = media.data {
+            d.serve_data(pipe);
         }
         let task = tokio::spawn(d.run());
         Ok((

@@ -4,7 +4,7 @@
 
 use super::Room;
 use crate::ids::SessionId;
-use crate::media::VideoCodec;
+use crate::media::{AudioCodec, VideoCodec};
 use crate::output::aac::{AacEncoder, aac_caps, opus_caps};
 use crate::output::destination::{self, RTMP_UNREACHABLE, RtmpUrl};
 use crate::output::pipeline::{BusEvents, OutputPipeline};
@@ -48,6 +48,7 @@ fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 fn video_caps(codec: VideoCodec, width: u32, height: u32, framerate: u32) -> gst::Caps {
     let b = match codec {
         VideoCodec::Vp8 => gst::Caps::builder("video/x-vp8"),
+        VideoCodec::Vp9 => gst::Caps::builder("video/x-vp9").field("profile", "0"),
         VideoCodec::H264 => gst::Caps::builder("video/x-h264")
             .field("stream-format", "byte-stream")
             .field("alignment", "au"),
@@ -164,7 +165,10 @@ impl Room {
                 }
                 let description = match (format, codec) {
                     (RecordFormat::Webm, _) => output::RECORD_WEBM,
-                    (RecordFormat::Mkv, VideoCodec::Vp8) => output::RECORD_MKV_VP8,
+                    // Matroska takes VP9 frames as they are, like VP8's.
+                    (RecordFormat::Mkv, VideoCodec::Vp8 | VideoCodec::Vp9) => {
+                        output::RECORD_MKV_VP8
+                    }
                     (RecordFormat::Mkv, VideoCodec::H264) => output::RECORD_MKV_H264,
                     (RecordFormat::Mp4, _) => output::RECORD_MP4,
                 };
@@ -276,7 +280,7 @@ impl Room {
         let audio = if aac {
             AudioInput::Aac(self.aac_encoder().await?.subscribe())
         } else {
-            AudioInput::Opus(self.audio.add_listener(id).await?)
+            AudioInput::Opus(self.audio.add_listener(id, AudioCodec::Opus).await?)
         };
         let info = OutputInfo {
             id: id.to_string(),
@@ -350,7 +354,7 @@ impl Room {
     async fn aac_encoder(&mut self) -> Result<&AacEncoder, OutputError> {
         if self.aac.is_none() {
             let listener = SessionId::random();
-            let rx = self.audio.add_listener(listener).await?;
+            let rx = self.audio.add_listener(listener, AudioCodec::Opus).await?;
             match AacEncoder::start(&self.id, rx) {
                 Ok(enc) => self.aac = Some((listener, enc)),
                 Err(e) => {

@@ -201,18 +201,19 @@ impl Room {
         let placed = self.place();
         self.video.apply_layout(&placed);
         self.apply_publish_caps();
-        let (width, height) = (
-            self.registry.config.video.width,
-            self.registry.config.video.height,
-        );
+        self.broadcast(self.layout_message());
+    }
+
+    /// The layout as the `layout` room message carries it.
+    pub(super) fn layout_message(&self) -> ServerMessage {
         let info = self.layout_info();
-        self.broadcast(ServerMessage::Layout {
-            width,
-            height,
+        ServerMessage::Layout {
+            width: self.registry.config.video.width,
+            height: self.registry.config.video.height,
             mode: info.mode_name().to_owned(),
             pinned: info.pin.clone(),
             tiles: info.tiles,
-        });
+        }
     }
 
     /// The layout as clients see it: mode, pins and each tile in fractions of the canvas.
