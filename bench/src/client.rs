@@ -7,14 +7,15 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use mixdown::media::VideoCodec;
-use mixdown::rtc::{opus_params, sample_track, video_codec_params};
+use mixdown::media::{AudioCodec, VideoCodec};
+use mixdown::mixer::g711;
+use mixdown::rtc::{audio_codec_params, sample_track, video_codec_params};
 use rtc::interceptor::Registry;
 use rtc::media::Sample;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP9, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -40,6 +41,9 @@ pub struct ClientOptions {
     pub send_codec: VideoCodec,
     /// Sine tone to publish, or no audio.
     pub tone_hz: Option<f32>,
+    /// The one audio codec the client offers (G.711 publishers send the tone live, never
+    /// the speech clip, which is Opus).
+    pub audio_codec: AudioCodec,
     pub receive: bool,
     /// Video codecs the client accepts (its offer lists only these).
     pub codecs: Vec<VideoCodec>,
@@ -116,6 +120,7 @@ impl ClientOptions {
             colour: Some(colour),
             send_codec: VideoCodec::Vp8,
             tone_hz: Some(tone_hz),
+            audio_codec: AudioCodec::Opus,
             receive: true,
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whip",
@@ -139,6 +144,7 @@ impl ClientOptions {
             colour: None,
             send_codec: VideoCodec::Vp8,
             tone_hz: None,
+            audio_codec: AudioCodec::Opus,
             receive: true,
             codecs: vec![VideoCodec::Vp8],
             endpoint: "whep",
@@ -193,6 +199,15 @@ pub struct Client {
 }
 
 /// A sending track of `kind` for the client, built like the server's own.
+/// The payload type the client offers its audio codec with (G.711's are static).
+fn audio_payload_type(codec: AudioCodec) -> u8 {
+    match codec {
+        AudioCodec::Opus => 111,
+        AudioCodec::Pcmu => 0,
+        AudioCodec::Pcma => 8,
+    }
+}
+
 fn track(kind: RtpCodecKind, codec: RTCRtpCodec) -> Arc<TrackLocalStaticSample> {
     // Mixdown's codecs all have a packetizer.
     Arc::new(sample_track(kind, codec, "client", &kind.to_string()).expect("a packetizer"))
@@ -235,6 +250,31 @@ async fn receive(
         .await
         .map(|c| c.mime_type)
         .unwrap_or_default();
+    let law = if mime.eq_ignore_ascii_case(MIME_TYPE_PCMU) {
+        Some(g711::Law::Mu)
+    } else if mime.eq_ignore_ascii_case(MIME_TYPE_PCMA) {
+        Some(g711::Law::A)
+    } else {
+        None
+    };
+    if let Some(law) = law {
+        let mut up = g711::Upsampler::new();
+        let (mut pcm8k, mut pcm) = (Vec::new(), Vec::new());
+        while let Some(ev) = track.poll().await {
+            if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                if !decode {
+                    received.audio_packets.lock().unwrap().push(Instant::now());
+                    continue;
+                }
+                pcm8k.clear();
+                pcm.clear();
+                g711::decode(law, &p.payload, &mut pcm8k);
+                up.process(&pcm8k, &mut pcm);
+                received.push_audio(&pcm);
+            }
+        }
+        return;
+    }
     if mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
         let mut decoder = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
         let mut pcm = vec![0f32; 5760];
@@ -252,6 +292,8 @@ async fn receive(
     *received.video_codec.lock().unwrap() = Some(mime.clone());
     let codec = if mime.eq_ignore_ascii_case(MIME_TYPE_H264) {
         VideoCodec::H264
+    } else if mime.eq_ignore_ascii_case(MIME_TYPE_VP9) {
+        VideoCodec::Vp9
     } else {
         VideoCodec::Vp8
     };
@@ -293,6 +335,7 @@ pub fn decoder(
     let chain = match codec {
         VideoCodec::Vp8 => "rtpvp8depay ! vp8dec",
         VideoCodec::H264 => "rtph264depay ! h264parse ! avdec_h264",
+        VideoCodec::Vp9 => "rtpvp9depay ! vp9dec",
     };
     let desc = format!(
         "appsrc name=src is-live=true format=time do-timestamp=true ! \
@@ -362,6 +405,10 @@ pub fn colour_encoder(
         VideoCodec::H264 => {
             "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=300 ! \
              video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au"
+        }
+        VideoCodec::Vp9 => {
+            "video/x-raw,format=I420 ! vp9enc deadline=1 cpu-used=8 keyframe-max-dist=15 \
+             target-bitrate=300000 lag-in-frames=0 ! video/x-vp9,profile=(string)0"
         }
     };
     let desc = format!(
@@ -554,12 +601,15 @@ impl Client {
         opts: ClientOptions,
         signal: impl AsyncFnOnce(String) -> Result<(String, String), String>,
     ) -> Result<Client, String> {
+        if opts.clips.is_some() && opts.send_codec == VideoCodec::Vp9 {
+            return Err("the clips are VP8 and H.264; a VP9 publisher sends its colour".into());
+        }
         let mut engine = MediaEngine::default();
         engine
             .register_codec(
                 RTCRtpCodecParameters {
-                    rtp_codec: opus_params(),
-                    payload_type: 111,
+                    rtp_codec: audio_codec_params(opts.audio_codec),
+                    payload_type: audio_payload_type(opts.audio_codec),
                 },
                 RtpCodecKind::Audio,
             )
@@ -636,7 +686,7 @@ impl Client {
             (
                 "audio",
                 RtpCodecKind::Audio,
-                opts.tone_hz.map(|_| opus_params()),
+                opts.tone_hz.map(|_| audio_codec_params(opts.audio_codec)),
                 opts.receive,
             ),
         ];
@@ -710,13 +760,15 @@ impl Client {
                         .position(|c| *c == opts.send_codec)
                         .unwrap_or(0) as u8
                 }
-                _ => 111,
+                _ => audio_payload_type(opts.audio_codec),
             };
-            if let Some(clips) = opts.clips.clone() {
+            let live_audio = kind == "audio" && opts.audio_codec != AudioCodec::Opus;
+            if let Some(clips) = opts.clips.clone().filter(|_| !live_audio) {
                 let (clip, marks_v, marks_a) = match kind {
                     "video" => (
                         match opts.send_codec {
-                            VideoCodec::Vp8 => clips.vp8.clone(),
+                            // VP9 with clips was refused above.
+                            VideoCodec::Vp8 | VideoCodec::Vp9 => clips.vp8.clone(),
                             VideoCodec::H264 => clips.h264.clone(),
                         },
                         Some(video_marks.clone()),
@@ -840,10 +892,17 @@ impl Client {
                 let marks = audio_marks.clone();
                 let gain = opts.amplitude.clone();
                 let levels = opts.audio_level;
+                let law = match opts.audio_codec {
+                    AudioCodec::Opus => None,
+                    AudioCodec::Pcmu => Some(g711::Law::Mu),
+                    AudioCodec::Pcma => Some(g711::Law::A),
+                };
                 tasks.push(tokio::spawn(async move {
                     let mut enc =
                         opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Audio)
                             .unwrap();
+                    let mut down = g711::Downsampler::new();
+                    let (mut pcm8k, mut bytes) = (Vec::new(), Vec::new());
                     let mut out = vec![0u8; 4000];
                     let mut phase = 0u64;
                     // A change of loudness is a ramp over one frame, as a voice's is, never a
@@ -869,15 +928,24 @@ impl Client {
                             })
                             .collect();
                         phase += 960;
-                        let n = enc.encode_float(&pcm, &mut out).unwrap();
+                        let payload = match law {
+                            None => {
+                                let n = enc.encode_float(&pcm, &mut out).unwrap();
+                                Bytes::copy_from_slice(&out[..n])
+                            }
+                            Some(law) => {
+                                pcm8k.clear();
+                                bytes.clear();
+                                down.process(&pcm, &mut pcm8k);
+                                g711::encode(law, &pcm8k, &mut bytes);
+                                Bytes::copy_from_slice(&bytes)
+                            }
+                        };
                         let _ = t
                             .write_sample(
                                 ssrc,
                                 pt,
-                                &sample(
-                                    Bytes::copy_from_slice(&out[..n]),
-                                    Duration::from_millis(20),
-                                ),
+                                &sample(payload, Duration::from_millis(20)),
                                 &level_extension(levels, crate::media::audio_level(&pcm)),
                             )
                             .await;

@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 runs: 1,
                 audio_runs: 1,
                 rooms: vec![(2, VideoCodec::Vp8)],
+                g711_rooms: vec![],
                 bare: vec![2],
                 capacity: vec![],
                 unpaced: vec![],
@@ -173,7 +174,9 @@ async fn main() -> anyhow::Result<()> {
                     (9, VideoCodec::Vp8),
                     (4, VideoCodec::H264),
                     (9, VideoCodec::H264),
+                    (9, VideoCodec::Vp9),
                 ],
+                g711_rooms: vec![9],
                 bare: vec![4, 9],
                 capacity: cli.capacity.clone(),
                 unpaced: cli.unpaced.clone(),
@@ -196,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
         let keep = |part: &str| cli.only.iter().any(|o| o == part);
         if !keep("rooms") {
             plan.rooms.clear();
+            plan.g711_rooms.clear();
         }
         if !keep("bare") {
             plan.bare.clear();

@@ -25,6 +25,9 @@ pub struct Plan {
     pub runs: usize,
     /// (participants, output codec)
     pub rooms: Vec<(usize, VideoCodec)>,
+    /// Room sizes with VP8 out and [`G711_PUBLISHERS`] participants on G.711, run
+    /// interleaved with `rooms`.
+    pub g711_rooms: Vec<usize>,
     /// Room sizes for the bare-pipeline comparison; each runs alternately with the server's
     /// video-only room of the same size (the bare pipeline does no audio either).
     pub bare: Vec<usize>,
@@ -147,6 +150,9 @@ pub struct Report {
 }
 
 /// Media ports for run `i`, so that consecutive servers never share ports.
+/// Publishers on G.711 in the G.711 room rows.
+pub const G711_PUBLISHERS: usize = 3;
+
 fn ports(i: usize) -> (u16, u16) {
     let base = 22000 + ((i % 40) as u16) * 200;
     (base, base + 199)
@@ -181,12 +187,24 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
     };
     let mut errors = Vec::new();
     let mut rows = Vec::new();
-    for (n, out) in &plan.rooms {
-        let mut row = Row::new(
-            format!("{n} participants, VP8 360p in, {out} 720p30 out"),
-            *n,
-        );
-        for _ in 0..plan.runs {
+    // The codec rows interleave run by run, so that their ratios compare the same moments
+    // of this shared machine.
+    let mut room_rows: Vec<(Row, usize, VideoCodec, usize)> = plan
+        .rooms
+        .iter()
+        .map(|(n, out)| {
+            let name = format!("{n} participants, VP8 360p in, {out} 720p30 out");
+            (Row::new(name, *n), *n, *out, 0)
+        })
+        .chain(plan.g711_rooms.iter().map(|n| {
+            let name = format!(
+                "{n} participants, VP8 360p in, VP8 720p30 out, {G711_PUBLISHERS} of them on G.711 (PCMU)"
+            );
+            (Row::new(name, *n), *n, VideoCodec::Vp8, G711_PUBLISHERS.min(*n))
+        }))
+        .collect();
+    for _ in 0..plan.runs {
+        for (row, n, out, g711) in room_rows.iter_mut() {
             row.record(
                 server_run(
                     &plan.server_bin,
@@ -196,14 +214,17 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
                     true,
                     &plan.timing,
                     next_ports(),
-                    Extras::default(),
+                    Extras {
+                        g711: *g711,
+                        ..Extras::default()
+                    },
                 )
                 .await,
                 &mut errors,
             );
         }
-        rows.push(row);
     }
+    rows.extend(room_rows.into_iter().map(|(row, ..)| row));
     // The bare pipeline and the server's video-only room run alternately, so both see the
     // same moments of this shared machine; their ratio is taken from these pairs.
     let mut bare = Vec::new();

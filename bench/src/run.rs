@@ -264,6 +264,9 @@ pub struct Extras<'a> {
     pub flood: Option<usize>,
     /// The flood goes to a second server on the same machine instead (a control).
     pub flood_elsewhere: bool,
+    /// The last this many participants (never the first, whose audio carries the latency
+    /// markers) publish and receive G.711 (PCMU) instead of Opus.
+    pub g711: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,6 +285,7 @@ pub async fn server_run(
     // send VP8 in the same video section).
     let mut extra = match out {
         VideoCodec::H264 => "send_codecs = [\"h264\", \"vp8\"]",
+        VideoCodec::Vp9 => "send_codecs = [\"vp9\", \"vp8\"]",
         VideoCodec::Vp8 => "",
     }
     .to_owned();
@@ -335,10 +339,15 @@ pub async fn server_run(
             opts.silent = true;
         }
         opts.token = token.clone();
-        if out == VideoCodec::H264 {
-            // VP8 in, H.264 out: participants send VP8 and accept both.
+        if out != VideoCodec::Vp8 {
+            // VP8 in, H.264 or VP9 out: participants send VP8 and accept both.
             opts.send_codec = VideoCodec::Vp8;
-            opts.codecs = vec![VideoCodec::Vp8, VideoCodec::H264];
+            opts.codecs = vec![VideoCodec::Vp8, out];
+        }
+        if i >= n - extras.g711.min(n - 1) {
+            // A SIP gateway's callers: PCMU, a tone each (they speak, so they are mixed).
+            opts.audio_codec = mixdown::media::AudioCodec::Pcmu;
+            opts.tone_hz = Some(300.0 + 100.0 * i as f32);
         }
         clients.push(
             Client::try_join(&server.base, room, opts)
@@ -529,6 +538,10 @@ pub fn bare_pipeline(clip: &Path, n: usize, out: VideoCodec) -> String {
         VideoCodec::H264 => {
             "x264enc tune=zerolatency speed-preset=ultrafast threads=1 bframes=0 bitrate=1500 \
              key-int-max=300"
+        }
+        VideoCodec::Vp9 => {
+            "vp9enc deadline=1 cpu-used=7 threads=1 end-usage=cbr lag-in-frames=0 \
+             error-resilient=default aq-mode=3 target-bitrate=1500000 keyframe-max-dist=300"
         }
     };
     d.push_str(&format!(

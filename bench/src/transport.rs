@@ -173,14 +173,16 @@ async fn offer(
     s.audio.lock().unwrap().push(audio_tx);
     match s.imp {
         Impl::New => {
+            let summary = mixdown::sdp::parse_offer(&body).map_err(|e| fail(e.to_string()))?;
             let (events, mut ev_rx) = mpsc::channel::<SessionEvent>(64);
             let media = SessionMedia {
                 video: Some((VideoCodec::Vp8, 0, s.video.subscribe())),
-                audio: Some(audio_rx),
+                audio: Some((mixdown::media::AudioCodec::Opus, audio_rx)),
+                data: None,
             };
             let factory = s.new.as_ref().ok_or_else(|| fail("no factory".into()))?;
             let (session, answer) = factory
-                .answer(SessionId::random(), body, media, events)
+                .answer(SessionId::random(), body, &summary, media, events)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             let received = Arc::clone(&s.received);

@@ -29,7 +29,9 @@ async fn the_benchmark_harness_produces_figures() {
         },
         runs: 1,
         audio_runs: 1,
-        rooms: vec![(2, VideoCodec::Vp8)],
+        // VP9 out and G.711 publishers too: their rows run in `make bench`.
+        rooms: vec![(2, VideoCodec::Vp8), (2, VideoCodec::Vp9)],
+        g711_rooms: vec![3],
         bare: vec![2],
         capacity: vec![2],
         unpaced: vec![2],
@@ -75,6 +77,18 @@ async fn the_benchmark_harness_produces_figures() {
         "no audio marker heard: {run:?}"
     );
     assert_eq!(run.join_ms.len(), 2, "{run:?}");
+    // VP9 out: the probe decodes it. Two G.711 publishers: the markers of the Opus one
+    // still cross the mix.
+    let vp9 = &report.rows[1].runs[0];
+    assert!(
+        vp9.fps > 0.0,
+        "no VP9 composite frames at the probe: {vp9:?}"
+    );
+    let g711 = &report.rows[2].runs[0];
+    assert!(
+        g711.fps > 0.0 && !g711.audio_latency_ms.is_empty(),
+        "G.711 room: {g711:?}"
+    );
     assert!(
         report.bare[0].cpu().is_some_and(|c| c > 0.0),
         "bare pipeline not measured"

@@ -2,6 +2,7 @@
 
 mod bench_smoke;
 mod browser;
+mod codecs;
 mod common;
 mod container;
 mod deploy;
