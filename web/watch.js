@@ -3,6 +3,8 @@
 // audio mix, retries with back-off when the server is unreachable or busy, and DELETEs the
 // session's Location when the page goes away. An access token in the address (`?token=` or
 // `#token=`) is removed from it at once, kept in memory and sent as `Authorization: Bearer`.
+// The offer opens a `mixdown` data channel: the room's messages arrive on it (layout,
+// participants, recording notices), and the page draws each tile's name over the picture.
 // window.mixdownWatch mirrors the state for tests.
 'use strict';
 
@@ -26,6 +28,8 @@ const video = $('composite');
 const statusEl = $('status');
 const errorEl = $('error');
 const soundButton = $('play-sound');
+const overlay = $('overlay');
+const banner = $('notice');
 
 const pathRoom = location.pathname.match(/^\/watch\/([^/]+)/);
 const room = pathRoom ? decodeURIComponent(pathRoom[1]) : new URLSearchParams(location.search).get('room') || '';
@@ -33,6 +37,8 @@ const room = pathRoom ? decodeURIComponent(pathRoom[1]) : new URLSearchParams(lo
 const watch = (window.mixdownWatch = {
   state: 'connecting', room,
   stats: { framesDecoded: 0, frameWidth: 0, frameHeight: 0, audioLevel: 0 },
+  // What the data channel said: the latest layout, recording and streaming notices.
+  layout: null, recording: false, streaming: [], channel: 'closed',
 });
 
 let pc = null;
@@ -123,6 +129,15 @@ async function start() {
   const p = (pc = new RTCPeerConnection());
   p.addTransceiver('video', { direction: 'recvonly' });
   p.addTransceiver('audio', { direction: 'recvonly' });
+  // Made before the offer, so the offer has a data channel section.
+  const channel = p.createDataChannel('mixdown');
+  channel.onopen = () => { watch.channel = 'open'; };
+  channel.onclose = () => { watch.channel = 'closed'; };
+  channel.onmessage = (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
+    if (pc === p) onRoomMessage(msg);
+  };
   const stream = new MediaStream();
   p.ontrack = ({ track }) => {
     stream.getTracks().filter((t) => t.kind === track.kind).forEach((t) => stream.removeTrack(t));
@@ -166,6 +181,60 @@ async function start() {
 
 function run() {
   start().catch((e) => failed(`Could not start watching: ${e.message}`, false));
+}
+
+// A room message from the data channel.
+function onRoomMessage(msg) {
+  if (msg.type === 'layout') {
+    watch.layout = { width: msg.width, height: msg.height, tiles: msg.tiles || [] };
+    renderOverlay();
+  } else if (msg.type === 'recording') {
+    watch.recording = !!msg.active;
+    renderNotice();
+  } else if (msg.type === 'streaming') {
+    watch.streaming = msg.active ? msg.kinds || [] : [];
+    renderNotice();
+  }
+}
+
+// One box per tile (fractions of the composite) with the participant's name.
+function renderOverlay() {
+  const tiles = watch.layout?.tiles || [];
+  const pct = (v) => `${v * 100}%`;
+  overlay.replaceChildren(...tiles.map((t) => {
+    const tile = document.createElement('div');
+    tile.className = 'tile';
+    tile.dataset.id = t.id;
+    Object.assign(tile.style, { left: pct(t.x), top: pct(t.y), width: pct(t.w), height: pct(t.h) });
+    const label = document.createElement('span');
+    label.className = 'label';
+    label.textContent = t.name || '';
+    tile.append(label);
+    return tile;
+  }));
+  placeOverlay();
+}
+
+// Sizes the overlay to the area the video really covers (object-fit: contain letterboxes).
+function placeOverlay() {
+  const cw = video.clientWidth;
+  const ch = video.clientHeight;
+  if (!cw || !ch) return;
+  const vw = video.videoWidth || watch.layout?.width || 16;
+  const vh = video.videoHeight || watch.layout?.height || 9;
+  const scale = Math.min(cw / vw, ch / vh);
+  Object.assign(overlay.style, {
+    left: `${video.offsetLeft + (cw - vw * scale) / 2}px`, top: `${video.offsetTop + (ch - vh * scale) / 2}px`,
+    width: `${vw * scale}px`, height: `${vh * scale}px`,
+  });
+}
+
+function renderNotice() {
+  const parts = [];
+  if (watch.recording) parts.push('● Recording');
+  if (watch.streaming.length) parts.push(`Live: ${watch.streaming.map((k) => k.toUpperCase()).join(', ')}`);
+  banner.textContent = parts.join(' · ');
+  banner.hidden = !parts.length;
 }
 
 function onState(state) {
@@ -227,6 +296,8 @@ function init() {
     soundButton.hidden = true;
   });
   window.addEventListener('pagehide', stop);
+  window.addEventListener('resize', placeOverlay);
+  video.addEventListener('loadedmetadata', placeOverlay);
   if (!window.RTCPeerConnection) {
     failed('This browser does not support WebRTC, so it cannot play the room.', false);
     return;

@@ -228,7 +228,10 @@ async fn a_vp9_chromium_is_decoded_and_receives_vp9_next_to_a_vp8_peer() {
     )
     .await;
     wait_for("the VP9 receiver decodes 45 frames", LIMIT, || async {
-        browser.stats(vp9).await["framesDecoded"].as_u64().unwrap_or(0) > 45
+        browser.stats(vp9).await["framesDecoded"]
+            .as_u64()
+            .unwrap_or(0)
+            > 45
     })
     .await;
     let s = browser.stats(vp9).await;
@@ -484,5 +487,68 @@ async fn a_whep_viewer_gets_room_messages_on_its_data_channel() {
         "viewers: {info}"
     );
     browser.leave_all().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_main_profile_publisher_is_decoded() {
+    init_logging();
+    let server = TestServer::start(test_config()).await;
+    let room = "h264main";
+    let whip = server.url(&format!("/whip/{room}"));
+    let browser = Browser::start("h264").await;
+    let (i, joined) = browser
+        .join(json!({"url": whip, "colour": rgb(GREEN.1), "tone": 500,
+                      "video": "H264;profile-level-id=4d001f", "audio": "opus"}))
+        .await;
+    // The answer names only profiles Mixdown sends (its constrained baseline decodes on each).
+    let answer = joined["answer"].as_str().unwrap();
+    let profiles: Vec<&str> = answer
+        .lines()
+        .filter_map(|l| l.split("profile-level-id=").nth(1))
+        .map(|p| p.split(';').next().unwrap_or(p).trim())
+        .collect();
+    assert!(!profiles.is_empty(), "{answer}");
+    for p in &profiles {
+        assert!(
+            mixdown::sdp::H264_PROFILES
+                .iter()
+                .any(|k| k[..4].eq_ignore_ascii_case(&p[..4])),
+            "answered profile {p}: {answer}"
+        );
+    }
+    let location = joined["location"].as_str().unwrap().to_owned();
+    let viewer = Client::join(&server.url(""), room, ClientOptions::viewer()).await;
+    let last = std::sync::Mutex::new(String::new());
+    wait_for(
+        "the main-profile publisher's green, at a viewer",
+        LIMIT,
+        || async {
+            let (Some(rect), Some(frame)) = (
+                server.tile_of(room, &location).await,
+                viewer.received.frame(),
+            ) else {
+                return false;
+            };
+            let mean = frame.mean(rect);
+            *last.lock().unwrap() = format!("{mean:?}");
+            close_to(mean, GREEN.1, COLOUR_TOLERANCE)
+        },
+    )
+    .await;
+    let s = browser.stats(i).await;
+    println!(
+        "main-profile publisher {s}, seen as {}",
+        last.lock().unwrap()
+    );
+    assert_eq!(s["sentVideoCodec"], "video/H264", "{s}");
+    assert!(
+        s["sentVideoFmtp"]
+            .as_str()
+            .is_some_and(|f| f.contains("profile-level-id=4d")),
+        "{s}"
+    );
+    browser.leave_all().await;
+    viewer.close().await;
     server.stop().await;
 }

@@ -194,6 +194,17 @@ async fn two_people_meet_in_the_web_app() {
             && s["frameHeight"] == 360
     })
     .await;
+    // Its data channel carries the layout: the names are drawn over the tiles.
+    wait_for("the watch page labels Ada's and Bob's tiles", LIMIT, || async {
+        let labels = cdp
+            .eval(
+                &watcher,
+                "[...document.querySelectorAll('#overlay .label')].map((l) => l.textContent).sort()",
+            )
+            .await;
+        labels == json!(["Ada", "Bob"])
+    })
+    .await;
     let listed = cdp.eval(&ada, "window.mixdown.participants.length").await;
     assert_eq!(
         listed, 2,
@@ -230,6 +241,20 @@ async fn two_people_meet_in_the_web_app() {
                 )
                 .await;
             ok && pressed == "true"
+        },
+    )
+    .await;
+
+    wait_for(
+        "the watch page follows: Bob's tile is the large one",
+        LIMIT,
+        || async {
+            let l = cdp.eval(&watcher, "window.mixdownWatch.layout").await;
+            l["tiles"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["id"] == bob_id))
+                .and_then(|t| t["w"].as_f64())
+                .is_some_and(|w| w > 0.5)
         },
     )
     .await;
