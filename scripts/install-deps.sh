@@ -12,9 +12,9 @@ PKGS=(
   libvpx-dev libopus-dev
 )
 case "${1:-}" in
-  # A browser peer; an RTMP server for the RTMP test; network namespaces and a UDP block for
-  # the ICE-TCP test.
-  --test) PKGS+=(chromium nginx libnginx-mod-rtmp iproute2 iptables) ;;
+  # Browser peers (Chromium, Firefox ESR); an RTMP server for the RTMP test; network
+  # namespaces and a UDP block for the ICE-TCP test.
+  --test) PKGS+=(chromium firefox-esr nginx libnginx-mod-rtmp iproute2 iptables) ;;
   --bench) PKGS+=(gnuplot-nox janus strace) ;;   # plots; Janus AudioBridge as the audio reference; syscall counts
 esac
 

@@ -540,7 +540,7 @@ pub fn bare_pipeline(clip: &Path, n: usize, out: VideoCodec) -> String {
              key-int-max=300"
         }
         VideoCodec::Vp9 => {
-            "vp9enc deadline=1 cpu-used=7 threads=1 end-usage=cbr lag-in-frames=0 \
+            "vp9enc deadline=1 cpu-used=8 threads=1 end-usage=cbr lag-in-frames=0 \
              error-resilient=default aq-mode=3 target-bitrate=1500000 keyframe-max-dist=300"
         }
     };

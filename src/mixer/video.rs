@@ -29,6 +29,10 @@ const VP9_INPUT: &str = include_str!("../../pipelines/vp9-input.gst");
 const PLACEHOLDER: &str = include_str!("../../pipelines/placeholder.gst");
 const VP8_ENCODER: &str = include_str!("../../pipelines/vp8-encoder.gst");
 const H264_ENCODER: &str = include_str!("../../pipelines/h264-encoder.gst");
+/// VP9 for live use on one thread: realtime deadline, `cpu-used=8` (600 frames of the bench's
+/// 720p clip: 9.6 ms a frame, against 12.3 ms at 7, 7.9 ms at 9 and VP8's 5.2 ms), CBR, no
+/// look-ahead, cyclic-refresh AQ as WebRTC's own VP9 uses; the input pinned to I420, else
+/// vp9enc negotiates 4:4:4 and makes a profile-3 stream.
 const VP9_ENCODER: &str = include_str!("../../pipelines/vp9-encoder.gst");
 
 /// Every fragment, for the start-up check and the test that parses them all.

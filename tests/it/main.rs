@@ -7,6 +7,7 @@ mod common;
 mod container;
 mod deploy;
 mod e2e;
+mod firefox;
 mod http_api;
 mod large_rooms;
 mod latency;

@@ -4,6 +4,8 @@
 //! audio.
 
 pub mod cdp;
+pub mod fake_media;
+pub mod firefox;
 pub mod media_file;
 pub use mixdown_bench::netns;
 pub mod webrtcbin;
