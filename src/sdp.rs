@@ -139,10 +139,6 @@ impl MediaSection {
         out
     }
 
-    pub fn has_opus(&self) -> bool {
-        self.codecs.iter().any(OfferedCodec::is_opus)
-    }
-
     fn supported(&self) -> bool {
         match self.kind {
             MediaKind::Audio => !self.audio_codecs().is_empty(),
@@ -294,8 +290,13 @@ impl RawSection {
         }
         self.codecs
             .iter()
-            .filter(|c| !matches!(c.name.as_str(), "RTX" | "RED" | "ULPFEC" | "CN"))
-            .filter(|c| c.name != "TELEPHONE-EVENT")
+            // The offer's codecs, without the helpers that ride along with any of them.
+            .filter(|c| {
+                !matches!(
+                    c.name.as_str(),
+                    "RTX" | "RED" | "ULPFEC" | "CN" | "TELEPHONE-EVENT"
+                )
+            })
             .map(|c| format!("{}/{}", c.name, c.clock_rate))
             .collect()
     }
