@@ -64,13 +64,14 @@ async fn malformed_sdp_is_400_naming_the_problem() {
 
 #[tokio::test]
 async fn offer_without_usable_codec_is_406_naming_the_accepted_ones() {
-    let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n\
+    // G.722 and AV1: WebRTC codecs Mixdown does not take.
+    let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 9\r\na=rtpmap:9 G722/8000\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 AV1/90000\r\n";
     let (s, _, body) = send(offer("/whip/r", "application/sdp", sdp)).await;
     assert_eq!(s, StatusCode::NOT_ACCEPTABLE);
     let e = error_of(&body);
     assert!(
-        e.contains("VP8") && e.contains("H264") && e.contains("opus"),
+        e.contains("VP8") && e.contains("VP9") && e.contains("H264") && e.contains("PCMU"),
         "{e}"
     );
 }
