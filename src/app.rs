@@ -14,9 +14,11 @@ use std::time::Duration;
 pub fn state(config: Config) -> anyhow::Result<AppState> {
     let peers = PeerFactory::bind(RtcSettings::from_config(&config))?;
     let auth = std::sync::Arc::new(crate::auth::Auth::new(&config.auth.keys));
+    let cluster = crate::cluster::Cluster::new(&config.cluster)?;
     Ok(AppState {
         rooms: RoomRegistry::new(config, peers),
         auth,
+        cluster,
     })
 }
 
@@ -99,6 +101,19 @@ impl Server {
         });
         let limits = self.state.rooms.config().limits.clone();
         let registry = self.state.rooms.clone();
+        // The cluster's directory entry and room claims, renewed every third of their expiry.
+        // Connecting here puts Redis' connection task on this runtime (the HTTP one stops
+        // first at shutdown, and the heartbeat outlives it).
+        let cluster = self.state.cluster.clone();
+        let heartbeat = match &cluster {
+            Some(c) => {
+                c.warm_up().await;
+                tracing::info!(node = %c.id(), url = %c.url(), "cluster: joining through Redis");
+                let registry = registry.clone();
+                Some(c.spawn_heartbeat(move || node_load(registry.clone())))
+            }
+            None => None,
+        };
         // A shutdown drains first: joins refused, calls told, up to `server.drain_s` for
         // them to end by themselves; then the accept loop stops and every room closes.
         let shutdown = {
@@ -224,9 +239,50 @@ impl Server {
             r.abort();
         }
         tracing::info!("shutting down: closing rooms");
+        let names = rooms.room_names();
         rooms.shutdown().await;
+        if let (Some(c), Some(h)) = (cluster, heartbeat) {
+            h.abort();
+            // The other nodes may take these rooms at once, not after the claims lapse.
+            c.leave(&names).await;
+        }
         served.map_err(|e| anyhow::anyhow!("the HTTP server failed: {e}"))?
     }
+}
+
+/// This node's entry in the cluster directory, and the rooms it serves.
+async fn node_load(registry: RoomRegistry) -> (crate::cluster::NodeInfo, Vec<(String, String)>) {
+    use crate::output::{OutputKind, OutputState};
+    let infos = registry.room_infos().await;
+    let participants: usize = infos.iter().map(|r| r.participants.len()).sum();
+    let c = registry.config();
+    let capacity = c.limits.max_rooms * c.room.max_participants;
+    let mut names = registry.room_names();
+    names.sort();
+    // Each room's running recordings, for the node that takes the room over if this one dies.
+    let rooms: Vec<(String, String)> = names
+        .into_iter()
+        .map(|name| {
+            let running: Vec<crate::output::OutputInfo> = crate::ids::RoomId::parse(&name)
+                .map(|id| registry.outputs().list(&id, OutputKind::Recording))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| !matches!(o.state, OutputState::Finished | OutputState::Failed))
+                .collect();
+            let json = serde_json::to_string(&running).unwrap_or_else(|_| "[]".into());
+            (name, json)
+        })
+        .collect();
+    (
+        crate::cluster::NodeInfo {
+            id: String::new(),
+            url: String::new(),
+            rooms: rooms.len(),
+            participants,
+            free: capacity.saturating_sub(participants),
+        },
+        rooms,
+    )
 }
 
 /// Refuses joins from now on and waits up to `limit` for the rooms to empty.

@@ -60,6 +60,37 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes sharing rooms through Redis (see `crate::cluster`). Off while `redis_url` is
+/// empty: Mixdown is then the single self-contained process it always was.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Empty: one node.
+    pub redis_url: String,
+    /// Where clients and the other nodes reach this node (`http://10.0.0.5:8080`): the base of
+    /// the redirects other nodes answer with.
+    pub node_url: String,
+    /// This node's name in the directory (default: its `node_url`).
+    pub node_id: String,
+    /// A node's directory entry and its room claims lapse this long after it stops renewing
+    /// them (it renews every third of it): how long a dead node's rooms stay unreachable.
+    pub claim_ttl_s: u32,
+}
+
+pub const DEFAULT_CLAIM_TTL_S: u32 = 5;
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_url: String::new(),
+            node_id: String::new(),
+            claim_ttl_s: DEFAULT_CLAIM_TTL_S,
+        }
+    }
 }
 
 /// Access tokens (see `crate::auth`). With no keys Mixdown is open: it starts so only when
@@ -751,6 +782,24 @@ impl Config {
             "hls.playlist_length",
             format!("{} must be within 3..=100", self.hls.playlist_length),
         )?;
+        let c = &self.cluster;
+        if !c.redis_url.is_empty() {
+            check(
+                c.redis_url.starts_with("redis://") || c.redis_url.starts_with("rediss://"),
+                "cluster.redis_url",
+                "must start with redis:// or rediss:// (TLS)",
+            )?;
+            check(
+                c.node_url.starts_with("http://") || c.node_url.starts_with("https://"),
+                "cluster.node_url",
+                "must be this node's http:// or https:// address as clients reach it",
+            )?;
+            check(
+                (2..=10).contains(&c.claim_ttl_s),
+                "cluster.claim_ttl_s",
+                format!("{} must be within 2..=10", c.claim_ttl_s),
+            )?;
+        }
         check(
             (1..=3600).contains(&self.rtmp.max_retry_s),
             "rtmp.max_retry_s",

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

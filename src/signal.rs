@@ -317,6 +317,11 @@ pub enum ServerMessage {
         text: String,
         time: String,
     },
+    /// In a cluster: the room is served by another node; connect there (`url`, a WebSocket
+    /// URL) and send `join` again. Answers a `join`; nothing else happened.
+    Redirect {
+        url: String,
+    },
     /// Sections of the participant's offer its answer refused (sent when it joins).
     Refused {
         sections: Vec<crate::sdp::Refused>,

@@ -299,7 +299,8 @@ function join() {
 
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+  // In a cluster the room may live on another node, which `redirect` names.
+  const ws = new WebSocket(session.server || `${scheme}//${location.host}/ws`);
   const c = (conn = { ws, opened: false, welcomed: false, offers: 0, answers: 0, answerFor: -1 });
   if (session.attempt === 0) {
     setState('joining');
@@ -348,6 +349,9 @@ function closePeer() {
 function lostConnection(reason) {
   if (!session) return;
   teardown();
+  // The node that served the room may be gone: ask this page's server again, which sends
+  // us to wherever the room is now.
+  session.server = null;
   if (session.attempt === 0) showError('connection-lost', `Connection lost (${reason}). Reconnecting…`);
   session.attempt += 1;
   if (session.attempt > MAX_ATTEMPTS) {
@@ -416,9 +420,20 @@ function showRoom() {
 
 // ---------------------------------------------------------------- signalling messages
 
+// The room is served by another cluster node: join there instead.
+function onRedirect(url) {
+  if (!conn || conn.welcomed || typeof url !== 'string' || !/^wss?:\/\//.test(url)) return;
+  const old = conn.ws;
+  old.onopen = old.onmessage = old.onclose = null;
+  old.close();
+  session.server = url;
+  connect();
+}
+
 function onMessage(msg) {
   switch (msg.type) {
     case 'welcome': return onWelcome(msg);
+    case 'redirect': return onRedirect(msg.url);
     case 'answer': return onAnswer(msg.sdp);
     case 'candidate': return onRemoteCandidate(msg.candidate);
     case 'participant-joined':

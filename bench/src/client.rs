@@ -557,8 +557,14 @@ pub fn vp8_keyframe(payload: &[u8]) -> Option<bool> {
 /// `DELETE {base}{location}`: ends a WHIP/WHEP session. Returns the HTTP status (0 when the
 /// request failed).
 pub async fn delete_session(base: &str, location: &str) -> u16 {
+    // A cluster node answers with an absolute Location (the node that serves the room).
+    let url = if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    };
     reqwest::Client::new()
-        .delete(format!("{base}{location}"))
+        .delete(url)
         .send()
         .await
         .map(|r| r.status().as_u16())

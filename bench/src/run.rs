@@ -59,7 +59,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// `extra` is appended to the generated configuration (TOML). The server's media port is
+    /// `extra` is appended to the generated configuration (TOML; `{http_port}` in it becomes
+    /// the server's HTTP port). The server's media port is
     /// the first of `media_ports` (one port serves every connection); the range is the unit
     /// the bench hands out so consecutive servers, and Janus, never share ports.
     pub async fn start(bin: &Path, media_ports: (u16, u16), extra: &str) -> anyhow::Result<Self> {
@@ -91,8 +92,12 @@ impl ServerProcess {
                 "[server]\nhost = \"{host}\"\nhttp_port = {port}\ndrain_s = 0\n\
                  [rtc]\nudp_port = {}\n\
                  [room]\nmax_participants = 200\n\
-                 [video]\nwidth = {}\nheight = {}\n{extra}\n",
-                media_ports.0, CANVAS.0, CANVAS.1
+                 [video]\nwidth = {}\nheight = {}\n{}\n",
+                media_ports.0,
+                CANVAS.0,
+                CANVAS.1,
+                // A cluster node names its own address.
+                extra.replace("{http_port}", &port.to_string())
             ),
         )?;
         let log = std::fs::File::create(dir.join("server.log"))?;

@@ -38,6 +38,8 @@ pub const REFUSED_HEADER: &str = "mixdown-refused";
 pub struct AppState {
     pub rooms: RoomRegistry,
     pub auth: std::sync::Arc<crate::auth::Auth>,
+    /// Other nodes sharing rooms through Redis (`[cluster]`), if configured.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -129,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/watch/{room}", get(web::watch))
         .route("/watch.js", get(web::watch_js))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster_redirect,
+        ))
         .layer(cors)
         .with_state(state)
 }
@@ -187,7 +193,21 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /api/rooms` (`roomList`): open rooms' names.
+/// The open rooms' names; with a cluster, those of every node, and `cluster` gives each
+/// room's node (this node's own rooms alone while Redis cannot be asked).
 async fn list_rooms(State(state): State<AppState>) -> Json<serde_json::Value> {
+    if let Some(cluster) = &state.cluster
+        && let Some(rooms) = cluster.rooms().await
+    {
+        let mut names: Vec<String> = rooms.iter().map(|r| r.room.clone()).collect();
+        for local in state.rooms.room_names() {
+            if !names.contains(&local) {
+                names.push(local);
+            }
+        }
+        names.sort();
+        return Json(serde_json::json!({ "rooms": names, "cluster": rooms }));
+    }
     Json(serde_json::json!({ "rooms": state.rooms.room_names() }))
 }
 
@@ -227,33 +247,93 @@ async fn read_offer(headers: &HeaderMap, body: Body) -> Result<String, ApiError>
 #[serde(deny_unknown_fields)]
 struct JoinQuery {
     max_tier: Option<usize>,
+    /// Set by a cluster node's redirect: this node was chosen, it claims the room rather
+    /// than place it again.
+    placed: Option<u8>,
+}
+
+/// `307 Temporary Redirect` to the same path and query on another node (`base`), `extra`
+/// appended to the query.
+fn redirect_to(base: &str, uri: &axum::http::Uri, extra: &str) -> Response {
+    let mut query = uri.query().unwrap_or("").to_owned();
+    if !extra.is_empty() && !query.split('&').any(|kv| kv == extra) {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(extra);
+    }
+    let target = if query.is_empty() {
+        format!("{base}{}", uri.path())
+    } else {
+        format!("{base}{}?{query}", uri.path())
+    };
+    let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// With a cluster: requests about a room another live node serves (its REST API, HLS,
+/// leaving a WHIP/WHEP session) are redirected there with `307`, which keeps the method and
+/// body. Joins are placed in their handler, after their token is checked.
+async fn cluster_redirect(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let room = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("whip" | "whep"), Some(room), Some(_), None) => room,
+        (Some("api"), Some("rooms"), Some(room), _) => room,
+        (Some("hls"), Some(room), Some(_), _) => room,
+        _ => return next.run(request).await,
+    };
+    let Ok(room) = RoomId::parse(room) else {
+        return next.run(request).await;
+    };
+    if state.rooms.get(&room).is_some() {
+        return next.run(request).await;
+    }
+    match cluster.owner_elsewhere(room.as_str()).await {
+        Some(owner) => redirect_to(&owner.url, request.uri(), ""),
+        None => next.run(request).await,
+    }
 }
 
 async fn whip(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    uri: axum::http::Uri,
     query: Result<Query<JoinQuery>, QueryRejection>,
     addr: ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, query, addr, headers, body, Role::Whip).await
+    join(state, room, uri, query, addr, headers, body, Role::Whip).await
 }
 
 async fn whep(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    uri: axum::http::Uri,
     query: Result<Query<JoinQuery>, QueryRejection>,
     addr: ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    join(state, room, query, addr, headers, body, Role::Whep).await
+    join(state, room, uri, query, addr, headers, body, Role::Whep).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn join(
     state: AppState,
     room: String,
+    uri: axum::http::Uri,
     query: Result<Query<JoinQuery>, QueryRejection>,
     addr: ClientAddr,
     headers: HeaderMap,
@@ -267,6 +347,17 @@ async fn join(
     access::allow(&state, &grants, room.as_str(), &[Action::Join])?;
     let Query(query) =
         query.map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    // With a cluster, the room goes where it is served (or is claimed here).
+    if let Some(cluster) = &state.cluster {
+        let local = state.rooms.get(&room).is_some();
+        if let crate::cluster::Placement::Remote { url, node } = cluster
+            .place(room.as_str(), query.placed.is_some(), local)
+            .await
+        {
+            tracing::debug!(%room, %node, "cluster: join redirected");
+            return Ok(redirect_to(&url, &uri, "placed=1"));
+        }
+    }
     let rungs = state.rooms.config().video.ladder().len();
     let max_tier = query.max_tier.unwrap_or(0);
     if max_tier >= rungs {
@@ -340,7 +431,11 @@ async fn join(
     // holder has (RFC 9725 ch. 4.3); the public id alone deletes nothing.
     let public = answer.session.to_string();
     let secret = state.auth.capability(room.as_str(), &public);
-    let location = format!("/{prefix}/{room}/{public}{secret}");
+    let mut location = format!("/{prefix}/{room}/{public}{secret}");
+    // In a cluster the resource lives on this node, whichever node the client asked first.
+    if let Some(cluster) = &state.cluster {
+        location = format!("{}{location}", cluster.url());
+    }
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(

@@ -81,9 +81,21 @@ fn created(kind: &str, info: OutputInfo) -> Response {
     r
 }
 
-fn list(state: &AppState, room: &str, kind: OutputKind) -> Result<Response, ApiError> {
+async fn list(state: &AppState, room: &str, kind: OutputKind) -> Result<Response, ApiError> {
     let id = room_id(room)?;
-    let items = state.rooms.outputs().list(&id, kind);
+    let mut items: Vec<serde_json::Value> = state
+        .rooms
+        .outputs()
+        .list(&id, kind)
+        .into_iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect();
+    // In a cluster: recordings that failed with a node that died while serving this room.
+    if kind == OutputKind::Recording
+        && let Some(cluster) = &state.cluster
+    {
+        items.extend(cluster.failed_recordings(id.as_str()).await);
+    }
     if items.is_empty() && state.rooms.get(&id).is_none() {
         return Err(ApiError::NotFound(format!("no room {id}")));
     }
@@ -133,7 +145,7 @@ pub(super) async fn list_recordings(
     State(state): State<AppState>,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    list(&state, &room, OutputKind::Recording)
+    list(&state, &room, OutputKind::Recording).await
 }
 
 pub(super) async fn get_recording(
@@ -227,7 +239,7 @@ pub(super) async fn list_streams(
     State(state): State<AppState>,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    list(&state, &room, OutputKind::Stream)
+    list(&state, &room, OutputKind::Stream).await
 }
 
 pub(super) async fn get_stream(

@@ -34,11 +34,16 @@ const MAX_FRAME_BYTES: usize = 1024 * 1024;
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     addr: ClientAddr,
+    uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // `?placed=1`: another cluster node sent the client here; the room is claimed here.
+    let placed = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "placed=1"));
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve(state, addr, socket))
+        .on_upgrade(move |socket| serve(state, addr, socket, placed))
 }
 
 /// Where a connection is: not joined, joined (name and id chosen), or in the room (offer
@@ -58,9 +63,11 @@ struct Connection {
     joined: Option<Joined>,
     /// This connection's share of its address's sessions (taken at `join`).
     slot: Option<Arc<Slot>>,
+    /// Sent here by another cluster node's placement.
+    placed: bool,
 }
 
-async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket) {
+async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket, placed: bool) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<ServerMessage>(OUTBOX);
     let (pings, mut ping_rx) = mpsc::channel::<()>(1);
@@ -89,6 +96,7 @@ async fn serve(state: AppState, addr: ClientAddr, socket: WebSocket) {
         out,
         joined: None,
         slot: None,
+        placed,
     };
     let mut limiter = RateLimiter::new(Instant::now());
     let join_deadline = tokio::time::sleep(JOIN_TIMEOUT);
@@ -242,6 +250,17 @@ impl Connection {
                     .grants(token.as_deref(), now_unix())
                     .and_then(|g| g.allow(room.as_str(), Action::Join).map(|()| g))
                     .map_err(|d| denied(&self.state, d))?;
+                // With a cluster, a room another node serves (or is placed on) is joined there.
+                if let Some(cluster) = &self.state.cluster {
+                    let local = self.state.rooms.get(&room).is_some();
+                    if let crate::cluster::Placement::Remote { url, .. } =
+                        cluster.place(room.as_str(), self.placed, local).await
+                    {
+                        let url = format!("{}?placed=1", crate::cluster::ws_url(&url));
+                        self.send(ServerMessage::Redirect { url }).await;
+                        return Ok(());
+                    }
+                }
                 if self.slot.is_none() {
                     self.slot = self.take_slot()?;
                 }

@@ -2,6 +2,7 @@
 
 mod bench_smoke;
 mod browser;
+mod cluster;
 mod codecs;
 mod common;
 mod container;
