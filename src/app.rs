@@ -110,7 +110,8 @@ impl Server {
                 c.warm_up().await;
                 tracing::info!(node = %c.id(), url = %c.url(), "cluster: joining through Redis");
                 let registry = registry.clone();
-                Some(c.spawn_heartbeat(move || node_load(registry.clone())))
+                let cpu = Arc::new(std::sync::Mutex::new(None));
+                Some(c.spawn_heartbeat(move || node_load(registry.clone(), Arc::clone(&cpu))))
             }
             None => None,
         };
@@ -251,7 +252,13 @@ impl Server {
 }
 
 /// This node's entry in the cluster directory, and the rooms it serves.
-async fn node_load(registry: RoomRegistry) -> (crate::cluster::NodeInfo, Vec<(String, String)>) {
+/// The process' CPU time at the last heartbeat, for the cores used since.
+type CpuMark = Arc<std::sync::Mutex<Option<(std::time::Instant, f64)>>>;
+
+async fn node_load(
+    registry: RoomRegistry,
+    mark: CpuMark,
+) -> (crate::cluster::NodeInfo, Vec<(String, String)>) {
     use crate::output::{OutputKind, OutputState};
     let infos = registry.room_infos().await;
     let participants: usize = infos.iter().map(|r| r.participants.len()).sum();
@@ -279,10 +286,28 @@ async fn node_load(registry: RoomRegistry) -> (crate::cluster::NodeInfo, Vec<(St
             url: String::new(),
             rooms: rooms.len(),
             participants,
+            cpu: cores_since(&mark),
             free: capacity.saturating_sub(participants),
         },
         rooms,
     )
+}
+
+/// Cores this process used since the last call (0 the first time).
+fn cores_since(mark: &CpuMark) -> f64 {
+    let now = std::time::Instant::now();
+    let Some(cpu) = crate::metrics::ProcessStats::read().map(|p| p.cpu_seconds) else {
+        return 0.0;
+    };
+    let Ok(mut last) = mark.lock() else {
+        return 0.0;
+    };
+    let cores = match *last {
+        Some((t, c)) if now > t => (cpu - c) / now.duration_since(t).as_secs_f64(),
+        _ => 0.0,
+    };
+    *last = Some((now, cpu));
+    (cores * 100.0).round() / 100.0
 }
 
 /// Refuses joins from now on and waits up to `limit` for the rooms to empty.

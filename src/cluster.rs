@@ -64,6 +64,9 @@ pub struct NodeInfo {
     pub url: String,
     pub rooms: usize,
     pub participants: usize,
+    /// CPU the process used over the last heartbeat, in cores.
+    #[serde(default)]
+    pub cpu: f64,
     /// Participants it may still take before `limits.max_rooms` × `room.max_participants`.
     pub free: usize,
 }
@@ -142,6 +145,11 @@ impl Cluster {
 
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// Whether the last Redis command succeeded.
+    pub fn redis_up(&self) -> bool {
+        !self.inner.down.load(Ordering::Relaxed)
     }
 
     /// A connection, made on first use; `None` while Redis cannot be reached.
@@ -578,6 +586,7 @@ mod tests {
             url: format!("http://{id}"),
             rooms,
             participants,
+            cpu: 0.0,
             free,
         }
     }

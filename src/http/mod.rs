@@ -146,6 +146,12 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "auth": if state.auth.is_open() { "open" } else { "tokens" },
         // How often each limit refused something since start.
         "refused": state.rooms.counters().snapshot(),
+        // With `[cluster]`: this node's name and whether Redis answers.
+        "cluster": state.cluster.as_ref().map(|c| serde_json::json!({
+            "node": c.id(),
+            "url": c.url(),
+            "redis": if c.redis_up() { "up" } else { "down" },
+        })),
     }))
 }
 

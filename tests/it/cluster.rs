@@ -411,6 +411,22 @@ async fn calls_go_on_while_redis_is_away_and_the_directory_is_repaired() {
     .await;
     let o = owner(&redis, "before").expect("claimed");
     redis.stop();
+    let redis_state = |i: usize| {
+        let base = nodes[i].base.clone();
+        async move {
+            let h: serde_json::Value = reqwest::get(format!("{base}/healthz"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            h["cluster"]["redis"].as_str().map(str::to_owned)
+        }
+    };
+    wait_for("the node says Redis is down", LIMIT, || async {
+        redis_state(0).await.as_deref() == Some("down")
+    })
+    .await;
     // The call goes on: frames keep arriving.
     let frames = |c: &Client| c.received.rtp_frames.lock().unwrap().len();
     let n = frames(&b);
@@ -427,6 +443,10 @@ async fn calls_go_on_while_redis_is_away_and_the_directory_is_repaired() {
     assert_colours(&nodes[o], "before", &[(&a, RED.1), (&b, GREEN.1)]).await;
     // Redis back (empty): the directory and both claims come back.
     redis.restart();
+    wait_for("the node says Redis is up", LIMIT, || async {
+        redis_state(0).await.as_deref() == Some("up")
+    })
+    .await;
     wait_for("the directory repaired", LIMIT, || async {
         redis.keys("mixdown:node:*").len() == 2
             && owner(&redis, "before") == Some(o)
