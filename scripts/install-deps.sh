@@ -15,7 +15,7 @@ case "${1:-}" in
   # Browser peers (Chromium, Firefox ESR); an RTMP server for the RTMP test; network
   # namespaces and a UDP block for the ICE-TCP test; Redis for the cluster tests.
   --test) PKGS+=(chromium firefox-esr nginx libnginx-mod-rtmp iproute2 iptables redis-server) ;;
-  --bench) PKGS+=(gnuplot-nox janus strace) ;;   # plots; Janus AudioBridge as the audio reference; syscall counts
+  --bench) PKGS+=(gnuplot-nox janus strace redis-server) ;;   # plots; Janus AudioBridge as the audio reference; syscall counts; Redis for the cluster joins
 esac
 
 missing=()

@@ -2,6 +2,7 @@
 //! tests share with it: synthetic participants that join over WHIP/WHEP like any client.
 
 pub mod client;
+pub mod cluster;
 pub mod flood;
 pub mod janus;
 pub mod measure;

@@ -60,7 +60,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     transport: Vec<usize>,
     /// Run only these parts (comma-separated: rooms, bare, capacity, idle, audio, outputs,
-    /// transport, tiers, links, large, flood).
+    /// transport, tiers, links, large, flood, cluster).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: serve as the transport scenario's server process.
@@ -142,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 audio_runs: 1,
                 rooms: vec![(2, VideoCodec::Vp8)],
                 g711_rooms: vec![],
+                cluster_joins: 0,
                 bare: vec![2],
                 capacity: vec![],
                 unpaced: vec![],
@@ -177,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                     (9, VideoCodec::Vp9),
                 ],
                 g711_rooms: vec![9],
+                cluster_joins: 20,
                 bare: vec![4, 9],
                 capacity: cli.capacity.clone(),
                 unpaced: cli.unpaced.clone(),
@@ -230,6 +232,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if !keep("flood") {
             plan.flood = 0;
+        }
+        if !keep("cluster") {
+            plan.cluster_joins = 0;
         }
     }
     let clips = Arc::new(load_or_generate(&cli.cache, seconds)?);

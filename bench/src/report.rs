@@ -59,6 +59,9 @@ pub struct Plan {
     /// Flooding tasks of the join-flood comparison (a 9-person room with tokens, without and
     /// with the flood, alternately); 0 skips it.
     pub flood: usize,
+    /// Viewer joins of each kind (direct, through another cluster node) in the cluster join
+    /// comparison; 0 skips it.
+    pub cluster_joins: usize,
     pub command: String,
 }
 
@@ -146,6 +149,8 @@ pub struct Report {
     pub large: Vec<Row>,
     /// The join-flood pair: the room with tokens and no flood, then with the flood.
     pub flood: Vec<Row>,
+    /// The cluster join comparison, when run.
+    pub cluster: Option<crate::cluster::ClusterJoins>,
     pub errors: Vec<String>,
 }
 
@@ -496,9 +501,22 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
             }
         }
     }
+    let cluster = if plan.cluster_joins > 0 {
+        match crate::cluster::join_latency(&plan.server_bin, plan.cluster_joins, next_ports()).await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(format!("cluster joins: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     Report {
         large,
         flood,
+        cluster,
         rows,
         bare,
         capacity,
@@ -511,6 +529,44 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
         tiers,
         links,
         errors,
+    }
+}
+
+/// Joins through a non-owner node (307 followed) against direct joins.
+fn cluster_markdown(md: &mut String, c: &crate::cluster::ClusterJoins) {
+    let p50 = |v: &[f64]| crate::measure::quantile(v, 0.5);
+    let f = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+    let _ = writeln!(md, "\n## Cluster joins\n");
+    let _ = writeln!(
+        md,
+        "Two nodes against one `redis-server` on loopback; a room of one publisher on node A; \
+         WHEP viewers join it directly at A or through B (307 to A, followed), alternately, \
+         {} of each. Medians.\n",
+        c.direct_answer_ms.len()
+    );
+    let _ = writeln!(
+        md,
+        "| join | answer (ms) | first frame (ms) |\n|---|---|---|"
+    );
+    let _ = writeln!(
+        md,
+        "| direct, at the owner | {} | {} |",
+        f(p50(&c.direct_answer_ms)),
+        f(p50(&c.direct_frame_ms))
+    );
+    let _ = writeln!(
+        md,
+        "| through another node (307) | {} | {} |",
+        f(p50(&c.redirected_answer_ms)),
+        f(p50(&c.redirected_frame_ms))
+    );
+    if let (Some(d), Some(r)) = (p50(&c.direct_answer_ms), p50(&c.redirected_answer_ms)) {
+        let _ = writeln!(
+            md,
+            "\nThe redirect adds {:.1} ms to the answer (ratio {:.2}).",
+            r - d,
+            r / d.max(0.001)
+        );
     }
 }
 
@@ -691,6 +747,9 @@ impl Report {
         }
         if let Some((links, climb)) = &self.links {
             links_markdown(&mut md, links, *climb);
+        }
+        if let Some(c) = &self.cluster {
+            cluster_markdown(&mut md, c);
         }
         for p in plots {
             let _ = writeln!(md, "\n![{p}]({p})");

@@ -55,6 +55,8 @@ async fn the_benchmark_harness_produces_figures() {
         large: vec![2, 3],
         // The flood spawns this binary as its attacker (`--flood-target`): not from a test binary.
         flood: 0,
+        // Two cluster nodes and a redis-server (installed by `make test` too).
+        cluster_joins: 2,
         command: "bench smoke test".into(),
     };
     let report = run_plan(&plan, &clips).await;
@@ -120,6 +122,10 @@ async fn the_benchmark_harness_produces_figures() {
         md.contains("Marginal server cost 2 → 3 participants:"),
         "{md}"
     );
+    // Joins through another cluster node land on the owner and are timed.
+    let c = report.cluster.as_ref().expect("the cluster joins ran");
+    assert_eq!(c.redirected_answer_ms.len(), 2, "{md}");
+    assert!(md.contains("## Cluster joins"), "{md}");
     // The capacity probe, with its unpaced twin.
     assert!(report.unpaced[0].1.runs[0].fps > 0.0, "{md}");
     assert!(md.contains("Composite pacing, 2 participants:"), "{md}");
