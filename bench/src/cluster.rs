@@ -74,6 +74,9 @@ pub async fn join_latency(
     let mut out = ClusterJoins::default();
     for _ in 0..joins {
         for (through, direct) in [(&a, true), (&b, false)] {
+            // Keyframes forced for joiners coalesce to one per 300 ms: apart by more, each
+            // join waits for its own, whichever way it came.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let mut o = ClientOptions::viewer();
             o.decode = false;
             let t = Instant::now();

@@ -535,7 +535,7 @@ pub async fn run_plan(plan: &Plan, clips: &Arc<Clips>) -> Report {
 /// Joins through a non-owner node (307 followed) against direct joins.
 fn cluster_markdown(md: &mut String, c: &crate::cluster::ClusterJoins) {
     let p50 = |v: &[f64]| crate::measure::quantile(v, 0.5);
-    let f = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+    let f = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
     let _ = writeln!(md, "\n## Cluster joins\n");
     let _ = writeln!(
         md,
