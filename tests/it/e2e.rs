@@ -314,10 +314,19 @@ async fn a_corrupt_input_never_breaks_the_mix_for_the_others() {
     publisher.receive = false;
     let publisher = Client::join(&base, room, publisher).await;
     let viewer = Client::join(&base, room, ClientOptions::viewer()).await;
-    wait_for("the viewer decodes", LIMIT, || async {
-        viewer.received.frame_count() > 30 && viewer.received.audio_packet_count() > 100
-    })
-    .await;
+    let t = Instant::now();
+    while !(viewer.received.frame_count() > 30 && viewer.received.audio_packet_count() > 100) {
+        // What the viewer got, and what the room says, if it never gets there.
+        assert!(
+            t.elapsed() < LIMIT,
+            "the viewer decodes: {} frames, {} RTP frames, {} audio packets; room: {:?}",
+            viewer.received.frame_count(),
+            viewer.received.rtp_frames.lock().unwrap().len(),
+            viewer.received.audio_packet_count(),
+            server.room_info(room).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let watch_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let healthy = [
