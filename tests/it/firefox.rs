@@ -97,14 +97,43 @@ async fn firefox_and_chromium_meet_in_the_web_app() {
     })
     .await;
 
-    // Firefox sees Chromium's blue in Chromium's tile.
-    let last = std::sync::Mutex::new(None);
-    wait_for("Chromium's blue in Firefox's picture", LIMIT, || async {
-        let c = colour(&firefox.eval_json(&fox, &canvas_probe()).await);
-        *last.lock().unwrap() = c;
-        c.is_some_and(|c| close_to(c, BLUE, 48.0))
+    // The server decodes both cameras (else their tiles are name cards).
+    wait_for("the server decodes both cameras", LIMIT, || async {
+        server.room_info(room).await.is_some_and(|info| {
+            info["participants"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["video_started"] == true))
+        })
     })
     .await;
+    // Firefox sees Chromium's blue in Chromium's tile.
+    let last = std::sync::Mutex::new(None);
+    let t = std::time::Instant::now();
+    loop {
+        let c = colour(&firefox.eval_json(&fox, &canvas_probe()).await);
+        *last.lock().unwrap() = c;
+        if c.is_some_and(|c| close_to(c, BLUE, 48.0)) {
+            break;
+        }
+        if t.elapsed() > LIMIT {
+            // What Firefox decodes and what the room says, to tell a frozen picture from a
+            // missing tile.
+            let stats = firefox
+                .eval_json(
+                    &fox,
+                    "({s: window.mixdown.stats, l: window.mixdown.layout, id: window.mixdown.id})",
+                )
+                .await;
+            let info = server.room_info(room).await;
+            firefox
+                .screenshot(&fox, std::path::Path::new(SCREENSHOT))
+                .await;
+            panic!(
+                "Chromium's blue never showed in Firefox's picture: last {c:?}; Firefox: {stats}; room: {info:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     println!("Firefox sees Chromium's tile as {:?}", last.lock().unwrap());
     // Chromium sees Firefox's camera in Firefox's tile: a saturated colour (it walks round
     // the hue circle), not the grey name card.
