@@ -569,7 +569,7 @@ pub fn finish_answer(summary: &OfferSummary, offer: &str, answer: &str) -> Strin
         .find_map(|l| l.trim_end().strip_prefix("a=group:BUNDLE "))
         .and_then(|g| g.split_whitespace().next())
         .map(str::to_owned);
-    let offered = sections_of(offer);
+    let (_, offered) = split_sections(offer);
     let (session, mut sections) = split_sections(answer);
     let refused = |mid: &str| summary.refused.iter().any(|r| r.mid == mid);
     let used = |mid: &str| {
@@ -699,10 +699,6 @@ fn split_sections(sdp: &str) -> (Vec<String>, Vec<Vec<String>>) {
         }
     }
     (session, sections)
-}
-
-fn sections_of(sdp: &str) -> Vec<Vec<String>> {
-    split_sections(sdp).1
 }
 
 fn section_mid(section: &[String]) -> Option<&str> {

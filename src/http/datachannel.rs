@@ -136,17 +136,10 @@ async fn handle(
             .map_err(room_error);
     }
     match parse(text)? {
-        ClientMessage::Chat { text } => {
-            grants
-                .allow(room.as_str(), Action::PublishData)
-                .map_err(|d| denied(state, d))?;
-            state.rooms.chat(room, id, text).await.map_err(room_error)
+        ClientMessage::Chat { text } => super::ws::chat(state, room, id, grants, text).await,
+        ClientMessage::Mute { audio, video } => {
+            super::ws::mute(state, room, id, audio, video).await
         }
-        ClientMessage::Mute { audio, video } => state
-            .rooms
-            .mute(room, id, audio, video)
-            .await
-            .map_err(room_error),
         ClientMessage::Join { .. }
         | ClientMessage::Offer { .. }
         | ClientMessage::Candidate(_)

@@ -183,6 +183,36 @@ pub(super) fn room_error(e: RoomError) -> SignalError {
     SignalError::new(code, e.to_string())
 }
 
+/// A participant's `chat` (its token must allow `canPublishData`), from the WebSocket or the
+/// data channel.
+pub(super) async fn chat(
+    state: &AppState,
+    room: &RoomId,
+    id: SessionId,
+    grants: &Grants,
+    text: String,
+) -> Result<(), SignalError> {
+    grants
+        .allow(room.as_str(), Action::PublishData)
+        .map_err(|d| denied(state, d))?;
+    state.rooms.chat(room, id, text).await.map_err(room_error)
+}
+
+/// A participant's `mute`, from the WebSocket or the data channel.
+pub(super) async fn mute(
+    state: &AppState,
+    room: &RoomId,
+    id: SessionId,
+    audio: Option<bool>,
+    video: Option<bool>,
+) -> Result<(), SignalError> {
+    state
+        .rooms
+        .mute(room, id, audio, video)
+        .await
+        .map_err(room_error)
+}
+
 pub(super) fn denied(state: &AppState, d: Denied) -> SignalError {
     super::access::count_refusal(state, &d);
     let code = match d {
@@ -363,22 +393,11 @@ impl Connection {
             }
             ClientMessage::Mute { audio, video } => {
                 let j = self.in_room()?;
-                self.state
-                    .rooms
-                    .mute(&j.room, j.id, audio, video)
-                    .await
-                    .map_err(room_error)
+                mute(&self.state, &j.room, j.id, audio, video).await
             }
             ClientMessage::Chat { text } => {
                 let j = self.in_room()?;
-                j.grants
-                    .allow(j.room.as_str(), Action::PublishData)
-                    .map_err(|d| denied(&self.state, d))?;
-                self.state
-                    .rooms
-                    .chat(&j.room, j.id, text)
-                    .await
-                    .map_err(room_error)
+                chat(&self.state, &j.room, j.id, &j.grants, text).await
             }
             ClientMessage::Leave => {
                 self.joined()?;

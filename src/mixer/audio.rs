@@ -46,6 +46,10 @@ const MAX_CONCEALED: u16 = 3;
 /// silence before it adds no delay).
 const PENDING_PACKETS: usize = 2;
 const FRAME: Duration = Duration::from_millis(20);
+/// Audio codecs a mix is encoded in ([`AudioCodec`] as an index: Opus, PCMU, PCMA). The
+/// shared full mix has one encoder and one frame per tick for each.
+const CODECS: usize = 3;
+const _: () = assert!(AudioCodec::Pcma as usize == CODECS - 1);
 /// Largest Opus packet: 120 ms at 48 kHz.
 const MAX_DECODED: usize = 5760;
 
@@ -385,7 +389,7 @@ struct Mixer {
     sources: HashMap<SessionId, Source>,
     listeners: HashMap<SessionId, Listener>,
     /// The shared full mix's encoder per codec.
-    full_encoders: HashMap<AudioCodec, MixEncoder>,
+    full_encoders: [Option<MixEncoder>; CODECS],
     /// The worst loss among the listeners of the shared full mix (its FEC is sized for it).
     full_loss: u8,
     full: Vec<f32>,
@@ -492,7 +496,7 @@ impl Mixer {
         let worst = self.listeners.values().map(|l| l.loss).max().unwrap_or(0);
         if worst != self.full_loss {
             self.full_loss = worst;
-            for e in self.full_encoders.values_mut() {
+            for e in self.full_encoders.iter_mut().flatten() {
                 e.set_loss(worst);
             }
         }
@@ -630,7 +634,7 @@ impl Mixer {
         self.decoding.store(decoding, Ordering::Relaxed);
         // The full mix is one frame per codec, shared by every listener who gets it in that
         // codec (its RTP payload too).
-        let mut shared: HashMap<AudioCodec, EncodedFrame> = HashMap::new();
+        let mut shared: [Option<EncodedFrame>; CODECS] = [None, None, None];
         for (id, l) in self.listeners.iter_mut() {
             // Its own voice is in the mix: it needs the mix without it.
             let audible = self.sources.get(id).is_some_and(|s| s.audible());
@@ -657,31 +661,32 @@ impl Mixer {
                     }
                 }
             } else {
-                use std::collections::hash_map::Entry;
-                match shared.entry(l.codec) {
-                    Entry::Occupied(f) => f.get().clone(),
-                    Entry::Vacant(slot) => {
-                        let enc = match self.full_encoders.entry(l.codec) {
-                            Entry::Occupied(e) => e.into_mut(),
-                            Entry::Vacant(v) => {
-                                match MixEncoder::new(l.codec, self.bitrate_kbps, self.full_loss) {
-                                    Ok(e) => v.insert(e),
-                                    Err(e) => {
-                                        tracing::error!("opus encoder: {e}");
-                                        continue;
-                                    }
+                let k = l.codec as usize;
+                if shared[k].is_none() {
+                    let enc = match &mut self.full_encoders[k] {
+                        Some(e) => e,
+                        slot @ None => {
+                            match MixEncoder::new(l.codec, self.bitrate_kbps, self.full_loss) {
+                                Ok(e) => slot.insert(e),
+                                Err(e) => {
+                                    tracing::error!("opus encoder: {e}");
+                                    continue;
                                 }
                             }
-                        };
-                        mix_minus(&self.full, None, &mut self.out);
-                        match enc.encode(&self.out, &mut self.encoded) {
-                            Ok(bytes) => slot.insert(EncodedFrame::new(bytes, FRAME, true)).clone(),
-                            Err(e) => {
-                                tracing::warn!(codec = %l.codec, "audio encode: {e}");
-                                continue;
-                            }
+                        }
+                    };
+                    mix_minus(&self.full, None, &mut self.out);
+                    match enc.encode(&self.out, &mut self.encoded) {
+                        Ok(bytes) => shared[k] = Some(EncodedFrame::new(bytes, FRAME, true)),
+                        Err(e) => {
+                            tracing::warn!(codec = %l.codec, "audio encode: {e}");
+                            continue;
                         }
                     }
+                }
+                match &shared[k] {
+                    Some(f) => f.clone(),
+                    None => continue,
                 }
             };
             if l.tx.try_send(frame).is_err() {
@@ -706,7 +711,7 @@ async fn run(
         target: (SAMPLE_RATE * settings.jitter_ms / 1000) as usize,
         sources: HashMap::new(),
         listeners: HashMap::new(),
-        full_encoders: HashMap::new(),
+        full_encoders: [None, None, None],
         full_loss: 0,
         full: vec![0.0; FRAME_SAMPLES],
         out: vec![0.0; FRAME_SAMPLES],

@@ -133,6 +133,11 @@ async fn nodes(redis: &Redis, n: usize) -> Vec<ServerProcess> {
     nodes_recording(redis, n, &dir).await
 }
 
+/// A participant of colour `argb` and a `hz` tone joining `room` through `node`.
+async fn join(node: &ServerProcess, room: &str, argb: u32, hz: f32) -> Client {
+    Client::join(&node.base, room, ClientOptions::participant(argb, hz)).await
+}
+
 /// The node (index) serving `room`, by its claim.
 fn owner(redis: &Redis, room: &str) -> Option<usize> {
     redis
@@ -202,24 +207,9 @@ async fn three_nodes_serve_one_room_on_one_node() {
     let nodes = nodes(&redis, 3).await;
     let room = "shared";
     // One participant through each node; WHIP follows the 307s.
-    let a = Client::join(
-        &nodes[0].base,
-        room,
-        ClientOptions::participant(RED.0, 440.0),
-    )
-    .await;
-    let b = Client::join(
-        &nodes[1].base,
-        room,
-        ClientOptions::participant(GREEN.0, 660.0),
-    )
-    .await;
-    let c = Client::join(
-        &nodes[2].base,
-        room,
-        ClientOptions::participant(BLUE.0, 880.0),
-    )
-    .await;
+    let a = join(&nodes[0], room, RED.0, 440.0).await;
+    let b = join(&nodes[1], room, GREEN.0, 660.0).await;
+    let c = join(&nodes[2], room, BLUE.0, 880.0).await;
     let o = owner(&redis, room).expect("the room is claimed");
     for cl in [&a, &b, &c] {
         assert!(
@@ -299,18 +289,8 @@ async fn the_room_comes_back_on_another_node_when_its_node_dies() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut nodes = nodes_recording(&redis, 3, &dir).await;
     let room = "failover";
-    let a = Client::join(
-        &nodes[0].base,
-        room,
-        ClientOptions::participant(RED.0, 440.0),
-    )
-    .await;
-    let b = Client::join(
-        &nodes[0].base,
-        room,
-        ClientOptions::participant(GREEN.0, 660.0),
-    )
-    .await;
+    let a = join(&nodes[0], room, RED.0, 440.0).await;
+    let b = join(&nodes[0], room, GREEN.0, 660.0).await;
     let o = owner(&redis, room).expect("claimed");
     // A recording runs on the owner when it dies (started through another node: 307).
     let started = reqwest::Client::new()
@@ -355,12 +335,7 @@ async fn the_room_comes_back_on_another_node_when_its_node_dies() {
     let a2 = a2.expect("the room came back");
     println!("room back {back:?} after kill -9 of node{o}");
     assert!(back < Duration::from_secs(10), "{back:?}");
-    let b2 = Client::join(
-        &nodes[(o + 2) % 3].base,
-        room,
-        ClientOptions::participant(GREEN.0, 660.0),
-    )
-    .await;
+    let b2 = join(&nodes[(o + 2) % 3], room, GREEN.0, 660.0).await;
     let o2 = owner(&redis, room).expect("claimed again");
     assert_ne!(o2, o);
     // The recording is listed as failed, with why, and its file is there.
@@ -397,18 +372,8 @@ async fn calls_go_on_while_redis_is_away_and_the_directory_is_repaired() {
     gstreamer::init().expect("GStreamer for the test clients");
     let mut redis = Redis::start();
     let nodes = nodes(&redis, 2).await;
-    let a = Client::join(
-        &nodes[0].base,
-        "before",
-        ClientOptions::participant(RED.0, 440.0),
-    )
-    .await;
-    let b = Client::join(
-        &nodes[0].base,
-        "before",
-        ClientOptions::participant(GREEN.0, 660.0),
-    )
-    .await;
+    let a = join(&nodes[0], "before", RED.0, 440.0).await;
+    let b = join(&nodes[0], "before", GREEN.0, 660.0).await;
     let o = owner(&redis, "before").expect("claimed");
     redis.stop();
     let redis_state = |i: usize| {
@@ -433,12 +398,7 @@ async fn calls_go_on_while_redis_is_away_and_the_directory_is_repaired() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(frames(&b) > n + 30, "{} → {} frames", n, frames(&b));
     // A new room on the other node still works.
-    let c = Client::join(
-        &nodes[1].base,
-        "during",
-        ClientOptions::participant(BLUE.0, 880.0),
-    )
-    .await;
+    let c = join(&nodes[1], "during", BLUE.0, 880.0).await;
     assert_colours(&nodes[1], "during", &[(&c, BLUE.1)]).await;
     assert_colours(&nodes[o], "before", &[(&a, RED.1), (&b, GREEN.1)]).await;
     // Redis back (empty): the directory and both claims come back.

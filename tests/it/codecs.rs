@@ -6,9 +6,8 @@
 
 use crate::common::cdp::Cdp;
 use crate::common::client::{Client, ClientOptions};
-use crate::common::{
-    CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, tone_db, wait_for,
-};
+use crate::common::fake_media::colour_of;
+use crate::common::{TestServer, close_to, init_logging, test_config, tone_db, wait_for};
 use crate::e2e::{BLUE, GREEN, RED};
 use crate::signalling::WsParticipant;
 use serde_json::{Value, json};
@@ -31,10 +30,6 @@ struct Browser {
 
 impl Browser {
     async fn start(name: &str) -> Self {
-        assert!(
-            std::path::Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
-        );
         let app = axum::Router::new().route(
             "/",
             axum::routing::get(|| async { axum::response::Html(PAGE) }),
@@ -47,17 +42,7 @@ impl Browser {
         let profile =
             std::env::temp_dir().join(format!("mixdown-codecs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
-        let child = tokio::process::Command::new(CHROMIUM)
-            .args(CHROMIUM_FLAGS)
-            .args(["--remote-debugging-port=0"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromium starts");
-        let cdp = Cdp::connect(&profile).await;
+        let (child, cdp) = Cdp::launch(&profile, &[]).await;
         let page = cdp.open(&format!("http://{addr}/")).await;
         wait_for("the codec page loads", LIMIT, || async {
             cdp.eval(&page, "typeof window.join === 'function'").await == json!(true)
@@ -96,13 +81,7 @@ impl Browser {
             rect[2] as f64 / canvas.0 as f64,
             rect[3] as f64 / canvas.1 as f64,
         ];
-        let v = self.eval(&format!("window.colour({i}, {f:?})")).await;
-        let c: Vec<f32> = v
-            .as_array()?
-            .iter()
-            .filter_map(|x| x.as_f64().map(|x| x as f32))
-            .collect();
-        (c.len() == 3).then(|| [c[0], c[1], c[2]])
+        colour_of(&self.eval(&format!("window.colour({i}, {f:?})")).await)
     }
 
     /// The level (dB) of each of `hzs` in what peer `i` hears.
@@ -431,16 +410,9 @@ async fn a_whep_viewer_gets_room_messages_on_its_data_channel() {
         let v = browser
             .eval(&format!("window.colour({viewer}, {rect:?})"))
             .await;
-        let c: Vec<f32> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_f64().map(|x| x as f32))
-                    .collect()
-            })
-            .unwrap_or_default();
-        *last.lock().unwrap() = Some(c.clone());
-        c.len() == 3 && close_to([c[0], c[1], c[2]], RED.1, COLOUR_TOLERANCE)
+        let c = colour_of(&v);
+        *last.lock().unwrap() = c;
+        c.is_some_and(|c| close_to(c, RED.1, COLOUR_TOLERANCE))
     })
     .await;
     println!("Ada's tile {t} at the viewer: {:?}", last.lock().unwrap());

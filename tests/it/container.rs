@@ -13,8 +13,8 @@
 
 use crate::common::cdp::Cdp;
 use crate::common::client::{Client, ClientOptions};
-use crate::common::fake_media::{canvas_probe, solid_y4m, tone_wav};
-use crate::common::{CHROMIUM, CHROMIUM_FLAGS, close_to, init_logging, tone_db, wait_for};
+use crate::common::fake_media::{canvas_probe, colour_of, solid_y4m, tone_wav};
+use crate::common::{CHROMIUM, close_to, init_logging, tone_db, wait_for};
 use mixdown::auth::{VideoGrant, mint, now_unix};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -206,25 +206,7 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
     let wav = dir.join("tone.wav");
     std::fs::write(&wav, tone_wav(CHROMIUM_TONE)).unwrap();
     let profile = dir.join("profile");
-    let mut chromium = tokio::process::Command::new(CHROMIUM)
-        .args(CHROMIUM_FLAGS)
-        .arg(format!(
-            "--use-file-for-fake-video-capture={}",
-            y4m.display()
-        ))
-        .arg(format!(
-            "--use-file-for-fake-audio-capture={}",
-            wav.display()
-        ))
-        .args(["--remote-debugging-port=0", "--window-size=1280,900"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromium starts");
-    let cdp = Cdp::connect(&profile).await;
+    let (mut chromium, cdp) = Cdp::launch(&profile, &Cdp::fake_devices(&y4m, &wav)).await;
     let t = Instant::now();
     let page = cdp
         .open_with(
@@ -367,14 +349,7 @@ async fn the_compose_stack_serves_a_relay_only_browser_through_coturn() {
         LIMIT,
         || async {
             let v = cdp.eval(&page, &canvas_probe()).await;
-            v.as_array().is_some_and(|c| {
-                let c: Vec<f32> = c
-                    .iter()
-                    .filter_map(|x| x.as_f64())
-                    .map(|x| x as f32)
-                    .collect();
-                c.len() == 3 && close_to([c[0], c[1], c[2]], RED.1, COLOUR_TOLERANCE)
-            })
+            colour_of(&v).is_some_and(|c| close_to(c, RED.1, COLOUR_TOLERANCE))
         },
     )
     .await;

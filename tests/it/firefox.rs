@@ -5,11 +5,11 @@
 //! hears the other, and chat crosses both ways.
 
 use crate::common::cdp::Cdp;
-use crate::common::fake_media::{canvas_probe, solid_y4m, tone_probe, tone_wav};
-use crate::common::firefox::Firefox;
-use crate::common::{
-    CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, wait_for,
+use crate::common::fake_media::{
+    canvas_probe, colour_of as colour, solid_y4m, tone_probe, tone_wav,
 };
+use crate::common::firefox::Firefox;
+use crate::common::{TestServer, close_to, init_logging, test_config, wait_for};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -23,15 +23,6 @@ const CHROMIUM_TONE: f32 = 800.0;
 const NAME_CARD: [u8; 3] = [58, 63, 75];
 /// A screenshot of Firefox's room page (a build artefact).
 const SCREENSHOT: &str = "target/artefacts/firefox-room.png";
-
-fn colour(v: &Value) -> Option<[f32; 3]> {
-    let c: Vec<f32> = v
-        .as_array()?
-        .iter()
-        .filter_map(|x| x.as_f64().map(|x| x as f32))
-        .collect();
-    (c.len() == 3).then(|| [c[0], c[1], c[2]])
-}
 
 fn chat_seen(text: &str) -> String {
     format!(
@@ -52,29 +43,7 @@ async fn firefox_and_chromium_meet_in_the_web_app() {
     let wav = dir.join("tone.wav");
     std::fs::write(&wav, tone_wav(CHROMIUM_TONE)).unwrap();
     let profile = dir.join("chromium");
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
-    );
-    let mut chromium = tokio::process::Command::new(CHROMIUM)
-        .args(CHROMIUM_FLAGS)
-        .arg(format!(
-            "--use-file-for-fake-video-capture={}",
-            y4m.display()
-        ))
-        .arg(format!(
-            "--use-file-for-fake-audio-capture={}",
-            wav.display()
-        ))
-        .args(["--remote-debugging-port=0", "--window-size=1280,900"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromium starts");
-    let cdp = Cdp::connect(&profile).await;
+    let (mut chromium, cdp) = Cdp::launch(&profile, &Cdp::fake_devices(&y4m, &wav)).await;
     let firefox = Firefox::launch(FIREFOX_TONE as u32).await;
 
     let chrome = cdp

@@ -7,9 +7,7 @@
 
 use crate::common::cdp::Cdp;
 use crate::common::client::{Client, ClientOptions};
-use crate::common::{
-    CHROMIUM, CHROMIUM_FLAGS, TestServer, close_to, init_logging, test_config, wait_for,
-};
+use crate::common::{TestServer, close_to, init_logging, test_config, wait_for};
 use mixdown::auth::{VideoGrant, mint};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -19,22 +17,7 @@ const LIMIT: Duration = Duration::from_secs(40);
 const SCREENSHOT: &str = "target/artefacts/webapp-room.png";
 
 async fn start_chromium(profile: &std::path::Path) -> (tokio::process::Child, Cdp) {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
-    );
-    let child = tokio::process::Command::new(CHROMIUM)
-        .args(CHROMIUM_FLAGS)
-        .args(["--remote-debugging-port=0", "--window-size=1280,900"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromium starts");
-    let cdp = Cdp::connect(profile).await;
-    (child, cdp)
+    Cdp::launch(profile, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,37 @@ pub struct Cdp {
 }
 
 impl Cdp {
+    /// Starts headless Chromium (the tests' flags, a 1280x900 window, `extra` arguments such
+    /// as fake-device files) on `profile`, and connects. The child is killed when dropped.
+    pub async fn launch(profile: &Path, extra: &[String]) -> (tokio::process::Child, Self) {
+        use crate::common::{CHROMIUM, CHROMIUM_FLAGS};
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: `make test` installs Debian's chromium package"
+        );
+        let child = tokio::process::Command::new(CHROMIUM)
+            .args(CHROMIUM_FLAGS)
+            .args(extra)
+            .args(["--remote-debugging-port=0", "--window-size=1280,900"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        let cdp = Self::connect(profile).await;
+        (child, cdp)
+    }
+
+    /// The fake camera and microphone arguments for files `y4m` and `wav`.
+    pub fn fake_devices(y4m: &Path, wav: &Path) -> Vec<String> {
+        vec![
+            format!("--use-file-for-fake-video-capture={}", y4m.display()),
+            format!("--use-file-for-fake-audio-capture={}", wav.display()),
+        ]
+    }
+
     /// Connects to the Chromium started with `--remote-debugging-port=0` and
     /// `--user-data-dir=profile` (it writes its DevTools port and browser path there once it
     /// listens).

@@ -72,6 +72,16 @@ pub fn tone_wav(hz: f32) -> Vec<u8> {
     out
 }
 
+/// `[r, g, b]` from a probe's JSON answer (`null` or anything else: `None`).
+pub fn colour_of(v: &serde_json::Value) -> Option<[f32; 3]> {
+    let c: Vec<f32> = v
+        .as_array()?
+        .iter()
+        .filter_map(|x| x.as_f64().map(|x| x as f32))
+        .collect();
+    (c.len() == 3).then(|| [c[0], c[1], c[2]])
+}
+
 /// An expression the web app's page evaluates to the level (dB re a full-scale sine) of each
 /// of `hzs` in the audio it plays, from 1.5 s recorded with MediaRecorder and decoded offline
 /// (Firefox without a sound device never starts a live AudioContext; this works in both).
